@@ -1,0 +1,79 @@
+"""Score one fitted decomposition against a site's ground truth, beside chance levels."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from decompbench import metrics as M
+from decompbench.methods.base import Decomposition
+from decompbench.seeding import generator
+from decompbench.toys.base import GroundTruth
+
+N_CHANCE_DRAWS = 8
+
+DirScore = Callable[[Tensor, Tensor], float]
+
+
+def direction_scores(gt: GroundTruth, G_KD: Tensor, D_MD: Tensor) -> dict[str, float | None]:
+    """Every direction-based recovery score of ``D_MD`` against the model features."""
+    groups = None
+    if gt.groups is not None:
+        groups = [g for g, used in zip(gt.groups, gt.is_model, strict=True) if used]
+    return {
+        "mmcs": M.mmcs(G_KD, D_MD),
+        "mcc": M.mcc(G_KD, D_MD),
+        "mcc_strict": M.mcc_strict(G_KD, D_MD),
+        "recall": M.recall(G_KD, D_MD),
+        "precision": M.precision(G_KD, D_MD),
+        "composition": None if groups is None else M.composition(G_KD, groups, D_MD),
+    }
+
+
+def chance_scores(
+    gt: GroundTruth, G_KD: Tensor, A_NK: Tensor, X_ND: Tensor, m: int, seed: int
+) -> dict[str, float | None]:
+    """Mean scores of random dictionaries of ``m`` directions in the data's span."""
+    basis_RD = M.span_basis(X_ND)
+    g = generator(seed, "chance")
+    draws: list[dict[str, float | None]] = []
+    for _ in range(N_CHANCE_DRAWS):
+        D_MD = M.random_dictionary(m, basis_RD, g)
+        scores = direction_scores(gt, G_KD, D_MD)
+        scores["mcc_act"] = M.mcc_act(A_NK, X_ND.double() @ D_MD.T)
+        draws.append(scores)
+    out: dict[str, float | None] = {}
+    for key in draws[0]:
+        vals = [d[key] for d in draws]
+        out[f"{key}_chance"] = None if vals[0] is None else sum(vals) / len(vals)  # type: ignore[arg-type]
+    return out
+
+
+@torch.no_grad()
+def score(
+    method: Decomposition, gt: GroundTruth, feats_NK: Tensor, X_ND: Tensor, seed: int
+) -> dict[str, float | int | None]:
+    """The flat metric dict of one run (recovery on alive latents, reconstruction, chance)."""
+    Z_NM = method.encode(X_ND)
+    Xhat_ND = method.decode(Z_NM)
+    D_MD = method.directions()
+    assert D_MD.shape == (Z_NM.shape[1], X_ND.shape[1]), f"directions {tuple(D_MD.shape)}"
+    alive = M.alive_mask(Z_NM)
+    model = gt.model_mask
+    G_KD, A_NK = gt.directions_KD[model], feats_NK[:, model]
+    D_alive = D_MD[alive]
+    out: dict[str, float | int | None] = {}
+    out.update(direction_scores(gt, G_KD, D_alive))
+    out["mcc_act"] = M.mcc_act(A_NK, Z_NM[:, alive])
+    out.update(
+        fvu=M.fvu(X_ND, Xhat_ND),
+        l0=M.l0(Z_NM),
+        dead_frac=M.dead_frac(Z_NM),
+        n_alive=int(alive.sum()),
+        width=int(Z_NM.shape[1]),
+        n_true=int(G_KD.shape[0]),
+    )
+    out.update(chance_scores(gt, G_KD, A_NK, X_ND, max(int(alive.sum()), 1), seed))
+    return out

@@ -1,0 +1,109 @@
+"""Command line: `decompbench list | run | show`.
+
+Any bad input ends with one line on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from rich.console import Console
+
+from decompbench.errors import UserError
+
+EXIT_USAGE = 2
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports usage errors as a single line (exit 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"seeds must be integers like 0,1 (got '{text}')"
+        ) from None
+    if not seeds:
+        raise argparse.ArgumentTypeError("give at least one seed")
+    return seeds
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from decompbench.registry import all_methods, all_toys
+
+    console = Console(highlight=False)
+    console.print("[bold]toys[/bold]")
+    for name, toy in all_toys().items():
+        console.print(f"  {name:<22} {toy.summary}")
+    console.print("[bold]methods[/bold]")
+    for name, m in all_methods().items():
+        kind = "activation-only " if m.access == "activation_only" else "downstream-aware"
+        console.print(f"  {name:<22} {kind}  {m.summary}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from decompbench.bench.runner import run_suite
+    from decompbench.bench.suite import load_suite, with_seeds
+    from decompbench.bench.table import print_tables
+
+    suite, text = load_suite(args.suite)
+    if args.seeds is not None:
+        suite = with_seeds(suite, args.seeds)
+        text += f"\n# seeds overridden on the command line: {args.seeds}\n"
+    out = args.out or Path("runs") / time.strftime("run-%Y%m%d-%H%M%S")
+    records = run_suite(suite, text, out, quiet=args.quiet, force=args.force)
+    print_tables(records)
+    print(f"results: {out / 'results.jsonl'}")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from decompbench.bench.results import read_records
+    from decompbench.bench.table import print_tables
+
+    print_tables(read_records(args.dir))
+    return 0
+
+
+def build_parser() -> OneLineParser:
+    p = OneLineParser(prog="decompbench", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+    sub.add_parser("list", help="toys and methods in the registry").set_defaults(fn=cmd_list)
+    run = sub.add_parser("run", help="run a suite (default: the built-in suite)")
+    run.add_argument("suite", nargs="?", type=Path, help="suite YAML file")
+    run.add_argument("--out", type=Path, help="output directory (default runs/run-TIME)")
+    run.add_argument("--seeds", type=parse_seeds, help="override the suite's seeds, e.g. 0,1")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.add_argument("--force", action="store_true", help="replace results already in --out")
+    run.set_defaults(fn=cmd_run)
+    show = sub.add_parser("show", help="print the tables of a finished run again")
+    show.add_argument("dir", type=Path, help="run directory holding results.jsonl")
+    show.set_defaults(fn=cmd_show)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.fn(args))
+    except UserError as err:
+        print(f"decompbench: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("decompbench: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

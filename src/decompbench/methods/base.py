@@ -1,0 +1,56 @@
+"""The decomposition protocol: fit on a site, then encode, decode and expose directions.
+
+A method declares what it may look at with ``access``: ``"activation_only"`` methods are
+handed an ``ActivationSite`` (activations only); ``"downstream_aware"`` ones a
+``DownstreamSite`` (also the rest of the network). The runner enforces it, so an
+activation-only method cannot read downstream even by accident.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar, Literal
+
+from torch import Tensor
+
+from decompbench.config import StrictModel, validate
+from decompbench.toys.base import ActivationSite
+
+Access = Literal["activation_only", "downstream_aware"]
+
+
+class Decomposition(ABC):
+    """A learned dictionary at one site. Subclasses set ``Params`` and the four methods."""
+
+    name: ClassVar[str]
+    Params: ClassVar[type[StrictModel]]
+    access: ClassVar[Access] = "activation_only"
+    directions_kind: ClassVar[str] = "decoder"
+    summary: ClassVar[str] = ""
+
+    def __init__(self, params: StrictModel) -> None:
+        self.params = params
+
+    @abstractmethod
+    def fit(self, site: ActivationSite, seed: int) -> None:
+        """Learn the dictionary from what ``site`` offers; all randomness from ``seed``."""
+
+    @abstractmethod
+    def encode(self, acts_ND: Tensor) -> Tensor:
+        """Latent activations [n, m]."""
+
+    @abstractmethod
+    def decode(self, latents_NM: Tensor) -> Tensor:
+        """Reconstruction [n, d] from latent activations."""
+
+    @abstractmethod
+    def directions(self) -> Tensor:
+        """[m, d] unit directions of the latents in activation space."""
+
+
+def build_method(name: str, params: dict[str, Any] | None, where: str = "") -> Decomposition:
+    """Look ``name`` up in the registry and validate ``params``."""
+    from decompbench.registry import get_method
+
+    cls = get_method(name)
+    return cls(validate(cls.Params, params, where or f"method '{name}' params"))

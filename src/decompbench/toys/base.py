@@ -1,0 +1,136 @@
+"""The toy protocol: a network, a seeded sampler with true feature activations, and sites.
+
+A *site* is a named point between layers. For each site a toy declares its
+``GroundTruth`` and can produce the activations there and the rest of the network from
+there on. What a decomposition method may look at is wrapped in ``ActivationSite`` (the
+activations only) or ``DownstreamSite`` (also the downstream network): the runner hands
+an activation-only method an object that simply has no downstream to read.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from decompbench.config import StrictModel, validate
+
+
+@dataclass(frozen=True)
+class GroundTruth:
+    """True features at one site.
+
+    ``directions_KD`` holds one unit direction per feature. ``is_model`` marks the
+    features later layers use; the others are data-only (present, unused). ``groups``
+    gives each feature's factor group (features of different groups may compose), or
+    ``None`` when the site has no factor structure.
+    """
+
+    directions_KD: Tensor
+    names: tuple[str, ...]
+    is_model: tuple[bool, ...]
+    groups: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        k = self.directions_KD.shape[0]
+        assert self.directions_KD.ndim == 2, "directions_KD must be [features, d]"
+        assert len(self.names) == k and len(self.is_model) == k, "one name/flag per feature"
+        assert self.groups is None or len(self.groups) == k, "one group per feature"
+        norms = self.directions_KD.norm(dim=1)
+        assert torch.allclose(norms, torch.ones_like(norms), atol=1e-5), "directions not unit"
+
+    @property
+    def model_mask(self) -> Tensor:
+        return torch.tensor(self.is_model, dtype=torch.bool)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Inputs to the toy and, per site, the true feature activations [batch, features]."""
+
+    inputs: Tensor
+    features: dict[str, Tensor] = field(default_factory=dict)
+
+
+class Toy(nn.Module, ABC):
+    """A fully reverse-engineered network. Subclasses define ``Params`` and the hooks."""
+
+    name: ClassVar[str]
+    Params: ClassVar[type[StrictModel]]
+    summary: ClassVar[str] = ""
+
+    def __init__(self, params: StrictModel, seed: int) -> None:
+        super().__init__()
+        self.params = params
+        self.seed = seed
+
+    @property
+    @abstractmethod
+    def sites(self) -> tuple[str, ...]: ...
+
+    @abstractmethod
+    def sample(self, n: int, seed: int) -> Batch:
+        """``n`` inputs drawn with ``seed``, with the true feature activations per site."""
+
+    @abstractmethod
+    def acts(self, site: str, inputs: Tensor) -> Tensor:
+        """Activations [batch, d] at ``site``."""
+
+    @abstractmethod
+    def downstream(self, site: str) -> nn.Module:
+        """The network from ``site`` to the output: activations -> output."""
+
+    @abstractmethod
+    def ground_truth(self, site: str) -> GroundTruth: ...
+
+    def check_site(self, site: str) -> None:
+        from decompbench.errors import UserError
+
+        if site not in self.sites:
+            raise UserError(f"toy '{self.name}' has no site '{site}' (sites: {list(self.sites)})")
+
+
+def build_toy(name: str, params: dict[str, Any] | None, seed: int, where: str = "") -> Toy:
+    """Look ``name`` up in the registry, validate ``params`` and build the toy."""
+    from decompbench.registry import get_toy
+
+    cls = get_toy(name)
+    p = validate(cls.Params, params, where or f"toy '{name}' params")
+    toy = cls(p, seed)
+    toy.eval()
+    for param in toy.parameters():
+        param.requires_grad_(False)
+    return toy
+
+
+@dataclass(frozen=True)
+class ActivationSite:
+    """What an activation-only method may see: the site's name and its activations."""
+
+    name: str
+    acts_ND: Tensor
+
+    @property
+    def d(self) -> int:
+        return int(self.acts_ND.shape[1])
+
+
+@dataclass(frozen=True)
+class DownstreamSite(ActivationSite):
+    """Adds the downstream network for methods that declare themselves downstream-aware."""
+
+    downstream: nn.Module = field(default_factory=nn.Identity)
+
+    def output(self, acts_BD: Tensor) -> Tensor:
+        """The network's output with ``acts_BD`` at the site."""
+        return self.downstream(acts_BD)
+
+    def output_grads(self, acts_BD: Tensor, cotangent_BO: Tensor) -> Tensor:
+        """Vector-Jacobian product: d(output · cotangent)/d acts."""
+        acts = acts_BD.detach().requires_grad_(True)
+        out = self.downstream(acts)
+        (grad,) = torch.autograd.grad(out, acts, grad_outputs=cotangent_BO)
+        return grad
