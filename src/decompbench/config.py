@@ -23,7 +23,7 @@ def describe_validation_error(err: ValidationError, where: str) -> str:
     loc = ".".join(str(p) for p in first["loc"])
     if first["type"] == "extra_forbidden":
         return f"{where}: unknown key '{loc}'"
-    msg = first["msg"].replace("\n", " ")
+    msg = first["msg"].replace("\n", " ").removeprefix("Value error, ")
     return f"{where}: {loc}: {msg}" if loc else f"{where}: {msg}"
 
 

@@ -16,6 +16,7 @@ Every toy x site x method x seed is one run.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from pydantic import Field
 from decompbench.config import StrictModel, validate
 from decompbench.errors import UserError
 from decompbench.methods.base import build_method
+from decompbench.registry import get_method, get_toy
 from decompbench.toys.base import build_toy
 
 DEFAULT_SUITE = "default.yaml"
@@ -65,6 +67,14 @@ def read_yaml(path: Path) -> Any:
         raise UserError(f"{path}: cannot read: {err}") from None
 
 
+def located(lookup: Callable[[str], object], name: str, where: str) -> None:
+    """Registry lookup whose error names the place in the suite file."""
+    try:
+        lookup(name)
+    except UserError as err:
+        raise UserError(f"{where}: {err}") from None
+
+
 def parse_suite(data: Any, where: str) -> Suite:
     """Validate the suite and every toy/method parameter block; resolve default sites."""
     if not isinstance(data, dict):
@@ -72,6 +82,7 @@ def parse_suite(data: Any, where: str) -> Suite:
     suite = validate(Suite, data, where)
     toys = []
     for i, t in enumerate(suite.toys):
+        located(get_toy, t.name, f"{where}: toys[{i}].name")
         toy = build_toy(t.name, t.params, suite.seeds[0], f"{where}: toys[{i}].params ({t.name})")
         for s in t.sites or []:
             if s not in toy.sites:
@@ -81,6 +92,7 @@ def parse_suite(data: Any, where: str) -> Suite:
                 )
         toys.append(t.model_copy(update={"sites": t.sites or list(toy.sites)}))
     for i, m in enumerate(suite.methods):
+        located(get_method, m.name, f"{where}: methods[{i}].name")
         build_method(m.name, m.params, f"{where}: methods[{i}].params ({m.name})")
     return suite.model_copy(update={"toys": toys})
 

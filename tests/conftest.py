@@ -1,0 +1,31 @@
+"""Shared fixtures: tiny sites and fast method parameters."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+from decompbench.registry import all_methods
+
+# Parameters that make every registered method fit in well under a second on tiny data.
+FAST: dict[str, dict[str, Any]] = {
+    "sae-relu": {"width": 8, "steps": 200, "batch_size": 64},
+    "sae-topk": {"width": 8, "k": 2, "steps": 200, "batch_size": 64},
+}
+
+
+def fast_params(name: str) -> dict[str, Any]:
+    """Small settings for ``name``; methods without an entry use their defaults."""
+    return dict(FAST.get(name, {}))
+
+
+@pytest.fixture(params=sorted(all_methods()))
+def method_name(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads() -> None:
+    torch.set_num_threads(1)
