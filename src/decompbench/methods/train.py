@@ -9,6 +9,7 @@ loss.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -33,8 +34,11 @@ class TrainParams(StrictModel):
 
 
 class Trainable(Protocol):
+    """``loss`` takes one minibatch row-slice of each training tensor, in order."""
+
+    loss: Callable[..., Tensor]
+
     def parameters(self) -> object: ...
-    def loss(self, x_BD: Tensor) -> Tensor: ...
     def after_step(self) -> None: ...
 
 
@@ -59,9 +63,18 @@ class TrainLog:
         return sum(tail) / len(tail)
 
 
-def train(model: Trainable, data_ND: Tensor, cfg: TrainParams, seed: int, label: str) -> TrainLog:
-    """Minimise ``model.loss`` on minibatches of ``data_ND``."""
+def train(
+    model: Trainable, data: Tensor | tuple[Tensor, ...], cfg: TrainParams, seed: int, label: str
+) -> TrainLog:
+    """Minimise ``model.loss`` on minibatches drawn from the rows of ``data``.
+
+    ``data`` is one tensor or a tuple of tensors with the same number of rows (e.g. site
+    activations and the next layer's output); the same rows of each go to ``loss``.
+    """
     assert isinstance(model, nn.Module)
+    tensors = data if isinstance(data, tuple) else (data,)
+    n = tensors[0].shape[0]
+    assert all(t.shape[0] == n for t in tensors), "training tensors differ in rows"
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: lr_factor(s, cfg.steps, cfg.warmup_frac, cfg.decay_frac)
@@ -73,8 +86,8 @@ def train(model: Trainable, data_ND: Tensor, cfg: TrainParams, seed: int, label:
         rep.start(label, cfg.steps)
     every = max(1, cfg.steps // 100)
     for step in range(cfg.steps):
-        idx = torch.randint(data_ND.shape[0], (cfg.batch_size,), generator=g)
-        loss = model.loss(data_ND[idx])
+        idx = torch.randint(n, (cfg.batch_size,), generator=g)
+        loss = model.loss(*(t[idx] for t in tensors))
         value = float(loss.detach())
         if not math.isfinite(value):
             raise TrainingFailed(f"{label}: loss became {value} at step {step}")
