@@ -36,7 +36,8 @@ class TrainParams(StrictModel):
 class Trainable(Protocol):
     """``loss`` takes one minibatch row-slice of each training tensor, in order."""
 
-    loss: Callable[..., Tensor]
+    @property
+    def loss(self) -> Callable[..., Tensor]: ...
 
     def parameters(self) -> object: ...
     def after_step(self) -> None: ...
