@@ -19,7 +19,7 @@ from decompbench.errors import TrainingFailed, UserError
 from decompbench.methods.base import Decomposition, build_method
 from decompbench.progress import reporting
 from decompbench.seeding import derive_seed
-from decompbench.toys.base import ActivationSite, DownstreamSite, Toy, build_toy
+from decompbench.toys.base import ActivationSite, Toy, build_toy, downstream_site
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ def site_data(toy: Toy, site: str, n_train: int, n_eval: int, seed: int) -> Site
 def site_view(toy: Toy, data: SiteData, method: Decomposition) -> ActivationSite:
     """What ``method`` may see: activations only, unless it declares itself downstream-aware."""
     if method.access == "downstream_aware":
-        return DownstreamSite(data.name, data.train_ND, downstream=toy.downstream(data.name))
+        return downstream_site(toy, data.name, data.train_ND)
     return ActivationSite(data.name, data.train_ND)
 
 

@@ -134,3 +134,11 @@ class DownstreamSite(ActivationSite):
         out = self.downstream(acts)
         (grad,) = torch.autograd.grad(out, acts, grad_outputs=cotangent_BO)
         return grad
+
+
+def downstream_site(toy: Toy, site: str, acts_ND: Tensor) -> DownstreamSite:
+    """The view a downstream-aware method gets of ``site``: activations and the network after it.
+
+    Built here, from the toy, so the runner never decides what a method may read.
+    """
+    return DownstreamSite(site, acts_ND, downstream=toy.downstream(site))
