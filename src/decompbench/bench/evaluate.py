@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from decompbench import metrics as M
 from decompbench.methods.base import Decomposition
+from decompbench.metrics import causal, relatedness
+from decompbench.metrics.recovery import abs_cos, hungarian
 from decompbench.seeding import generator
 from decompbench.toys.base import GroundTruth
 
@@ -22,7 +24,13 @@ def direction_scores(gt: GroundTruth, G_KD: Tensor, D_MD: Tensor) -> dict[str, f
     groups = None
     if gt.groups is not None:
         groups = [g for g, used in zip(gt.groups, gt.is_model, strict=True) if used]
+    rel_med, rel_share = relatedness.summarise(relatedness.direction_relatedness(G_KD, D_MD))
+    rev_med, rev_share = relatedness.summarise(relatedness.direction_relatedness(D_MD, G_KD))
     return {
+        "rel_dir_median": rel_med,
+        "rel_dir_share3": rel_share,
+        "rel_rev_median": rev_med,
+        "rel_rev_share3": rev_share,
         "mmcs": M.mmcs(G_KD, D_MD),
         "mcc": M.mcc(G_KD, D_MD),
         "mcc_strict": M.mcc_strict(G_KD, D_MD),
@@ -51,11 +59,46 @@ def chance_scores(
     return out
 
 
+def downstream_scores(
+    f: nn.Module,
+    method: Decomposition,
+    X_ND: Tensor,
+    G_KD: Tensor,
+    A_NK: Tensor,
+    alive_M: Tensor,
+) -> dict[str, float | int | None]:
+    """Faithfulness of the spliced reconstruction and causal agreement of matched latents.
+
+    True features are matched one-to-one (Hungarian on |cos|) to alive latents only.
+    """
+    Xhat_ND = method.decode(method.encode(X_ND))
+    ids = torch.arange(alive_M.shape[0])[alive_M].tolist()
+    D_alive = method.directions()[alive_M]
+    match = [(k, ids[m]) for k, m in hungarian(abs_cos(G_KD, D_alive))]
+    agree, rel_err = causal.causal_agreement(
+        f, X_ND, G_KD, A_NK, match, method.encode, method.decode
+    )
+    return {
+        "out_fvu": causal.output_fvu(f, X_ND, Xhat_ND),
+        "causal_agreement": agree,
+        "causal_rel_err": rel_err,
+    }
+
+
 @torch.no_grad()
 def score(
-    method: Decomposition, gt: GroundTruth, feats_NK: Tensor, X_ND: Tensor, seed: int
+    method: Decomposition,
+    gt: GroundTruth,
+    feats_NK: Tensor,
+    X_ND: Tensor,
+    seed: int,
+    downstream: nn.Module | None = None,
 ) -> dict[str, float | int | None]:
-    """The flat metric dict of one run (recovery on alive latents, reconstruction, chance)."""
+    """The flat metric dict of one run (recovery on alive latents, reconstruction, chance).
+
+    With the site's ``downstream`` network (the scorer's, never the method's), also the
+    spliced-output faithfulness and the causal agreement of matched latents.
+    """
     Z_NM = method.encode(X_ND)
     Xhat_ND = method.decode(Z_NM)
     D_MD = method.directions()
@@ -67,6 +110,10 @@ def score(
     out: dict[str, float | int | None] = {}
     out.update(direction_scores(gt, G_KD, D_alive))
     out["mcc_act"] = M.mcc_act(A_NK, Z_NM[:, alive])
+    rel_act = relatedness.activation_relatedness(A_NK, Z_NM[:, alive])
+    out["rel_act_median"], out["rel_act_share3"] = relatedness.summarise(rel_act)
+    if downstream is not None:
+        out.update(downstream_scores(downstream, method, X_ND, G_KD, A_NK, alive))
     out.update(
         fvu=M.fvu(X_ND, Xhat_ND),
         l0=M.l0(Z_NM),

@@ -140,12 +140,61 @@ def twin_table(records: list[Record]) -> Table | None:
     return table
 
 
-def print_tables(records: list[Record], console: Console | None = None) -> None:
+def pick(entry: dict[str, Any] | None, names: Labeller) -> str:
+    """``method params: score (chance)`` of a verdict entry."""
+    if entry is None:
+        return "-"
+    return (
+        f"{names.method(entry['method'], entry['params'])}: {fmt(entry['score'], entry['chance'])}"
+    )
+
+
+def stance_table(records: list[Record], stances: list[dict[str, Any]]) -> Table:
+    th = stances[0]["thresholds"] if stances else {}
+    table = Table(
+        title=f"Stance per toy and site (score: {th.get('score')}; (1) if >= {th.get('recover')} "
+        f"and {th.get('margin')} above chance; else (2a) if relatedness<=3 for >= "
+        f"{th.get('sparse_share')} of features; else (2b))"
+    )
+    headers = (
+        "toy",
+        "site",
+        "stance",
+        "best act-only (own rule)",
+        "act-only (oracle)",
+        "rel<=3 (chance)",
+        "best downstream-aware (own rule)",
+        "best twin strict",
+    )
+    for h in headers:
+        table.add_column(h, no_wrap=h in ("toy", "site", "stance"))
+    names = Labeller(records)
+    for s in stances:
+        rel = s["relatedness"] or {}
+        twins = s["twin_scores"]
+        best_twin = max(twins.items(), key=lambda kv: kv[1]["mcc_strict"] or 0.0, default=None)
+        twin_cell = f"{best_twin[0]}: {fmt(best_twin[1]['mcc_strict'])}" if best_twin else "-"
+        table.add_row(
+            names.toy(s["toy"], s["toy_params"]), s["site"], s["stance"],
+            pick(s["best_activation_only"], names), pick(s["best_activation_only_oracle"], names),
+            fmt(rel.get("share3"), rel.get("chance")), pick(s["best_downstream_aware"], names),
+            twin_cell,
+        )  # fmt: skip
+    return table
+
+
+def print_tables(
+    records: list[Record],
+    stances: list[dict[str, Any]] | None = None,
+    console: Console | None = None,
+) -> None:
     console = console or Console(width=max(Console().width, 150))
     console.print(scores_table(records))
     twins = twin_table(records)
     if twins is not None:
         console.print(twins)
+    if stances:
+        console.print(stance_table(records, stances))
     failed = [r for r in records if r.status == "failed"]
     for r in failed:
         console.print(f"[red]failed[/red] {r.toy} {r.site} {r.method} seed {r.seed}: {r.error}")

@@ -23,12 +23,17 @@ def abs_cos(G_KD: Tensor, D_MD: Tensor) -> Tensor:
     return (unit_rows(G_KD.double()) @ unit_rows(D_MD.double()).T).abs()
 
 
+def hungarian(sim_KM: Tensor) -> list[tuple[int, int]]:
+    """One-to-one (row, column) pairs maximising the summed similarity."""
+    if sim_KM.numel() == 0:
+        return []
+    rows, cols = linear_sum_assignment(sim_KM.cpu().numpy(), maximize=True)
+    return [(int(r), int(c)) for r, c in zip(rows, cols, strict=True)]
+
+
 def _matched_sum(sim_KM: Tensor) -> float:
     """Sum of a Hungarian one-to-one matching maximising similarity."""
-    if sim_KM.numel() == 0:
-        return 0.0
-    rows, cols = linear_sum_assignment(sim_KM.cpu().numpy(), maximize=True)
-    return float(sim_KM[rows, cols].sum())
+    return float(sum(float(sim_KM[r, c]) for r, c in hungarian(sim_KM)))
 
 
 def mmcs(G_KD: Tensor, D_MD: Tensor) -> float:
