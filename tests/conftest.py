@@ -13,6 +13,12 @@ from decompbench.registry import all_methods
 FAST: dict[str, dict[str, Any]] = {
     "sae-relu": {"width": 8, "steps": 200, "batch_size": 64},
     "sae-topk": {"width": 8, "k": 2, "steps": 200, "batch_size": 64},
+    "sae-batchtopk": {"width": 8, "k": 2, "steps": 200, "batch_size": 64},
+    "sae-matryoshka": {"width": 8, "k": 2, "steps": 200, "batch_size": 64},
+    "sae-jumprelu": {"width": 8, "steps": 200, "batch_size": 64},
+    "ica": {"max_iter": 200},
+    "nmf": {"signs": "split", "iters": 150, "encode_iters": 100},
+    "direct-sum": {"dep_samples": 1024, "kmeans_restarts": 1},
 }
 
 

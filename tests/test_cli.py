@@ -26,7 +26,7 @@ TINY = {
     ],
 }
 RECORD_KEYS = {"toy", "toy_params", "site", "method", "method_params", "seed", "status",
-               "error", "metrics", "wall_s"}  # fmt: skip
+               "error", "metrics", "wall_s", "run_id", "n_train", "n_eval"}  # fmt: skip
 METRIC_KEYS = {"mmcs", "mcc", "mcc_strict", "mcc_act", "recall", "precision", "composition",
                "fvu", "l0", "dead_frac", "n_alive", "mcc_chance", "mcc_strict_chance",
                "mmcs_chance", "mcc_act_chance", "recall_chance"}  # fmt: skip
@@ -72,16 +72,25 @@ def test_seeds_flag_overrides_the_suite(tmp_path: Path) -> None:
     assert seeds == {3, 4}
 
 
-def test_existing_results_are_not_overwritten_without_force(
+def test_rerun_resumes_refuses_other_settings_and_force_starts_over(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "out"
     suite = str(write(tmp_path, TINY))
     assert main(["run", suite, "--out", str(out), "--quiet"]) == 0
     before = (out / "results.jsonl").read_text()
-    assert main(["run", suite, "--out", str(out), "--quiet"]) == 2
-    assert "--force" in capsys.readouterr().err
+    capsys.readouterr()
+    assert main(["run", suite, "--out", str(out), "--quiet"]) == 0  # resume: nothing to do
+    assert "0 run now, 4 skipped" in capsys.readouterr().out
     assert (out / "results.jsonl").read_text() == before
+    other = str(write(tmp_path, {**TINY, "n_eval": 128}, "other.yaml"))
+    assert main(["run", other, "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not in this suite" in err and "--force" in err
+    assert (out / "results.jsonl").read_text() == before
+    assert main(["run", other, "--out", str(out), "--quiet", "--force"]) == 0
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert len(records) == 4 and {r["n_eval"] for r in records} == {128}
 
 
 def bad_suites() -> list[tuple[str, object, str]]:

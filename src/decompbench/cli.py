@@ -1,4 +1,4 @@
-"""Command line: `decompbench list | run | show`.
+"""Command line: `decompbench list | run | show | describe | report`.
 
 Any bad input ends with one line on stderr and exit code 2, never a traceback.
 """
@@ -23,7 +23,7 @@ class OneLineParser(argparse.ArgumentParser):
     """argparse that reports usage errors as a single line (exit 2)."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {' '.join(message.splitlines())}\n")
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -31,7 +31,7 @@ def parse_seeds(text: str) -> list[int]:
         seeds = [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"seeds must be integers like 0,1 (got '{text}')"
+            f"seeds must be integers like 0,1 (got {text!r})"
         ) from None
     if not seeds:
         raise argparse.ArgumentTypeError("give at least one seed")
@@ -62,8 +62,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         suite = with_seeds(suite, args.seeds)
         text += f"\n# seeds overridden on the command line: {args.seeds}\n"
     out = args.out or Path("runs") / time.strftime("run-%Y%m%d-%H%M%S")
-    records = run_suite(suite, text, out, quiet=args.quiet, force=args.force)
-    print_tables(records)
+    summary = run_suite(suite, text, out, quiet=args.quiet, force=args.force, yes=args.yes)
+    print_tables(summary.records)
+    print(summary.line(out))
     print(f"results: {out / 'results.jsonl'}")
     return 0
 
@@ -76,6 +77,20 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_describe(args: argparse.Namespace) -> int:
+    from decompbench.describe import describe
+
+    print(describe(args.toy, args.params, args.seed))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from decompbench.bench.report import write_report
+
+    print(write_report(args.dir))
+    return 0
+
+
 def build_parser() -> OneLineParser:
     p = OneLineParser(prog="decompbench", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
@@ -85,11 +100,27 @@ def build_parser() -> OneLineParser:
     run.add_argument("--out", type=Path, help="output directory (default runs/run-TIME)")
     run.add_argument("--seeds", type=parse_seeds, help="override the suite's seeds, e.g. 0,1")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
-    run.add_argument("--force", action="store_true", help="replace results already in --out")
+    run.add_argument(
+        "--force",
+        action="store_true",
+        help="discard results already in --out and start over (default: resume)",
+    )
+    run.add_argument("--yes", action="store_true", help="run even if the planned work is large")
     run.set_defaults(fn=cmd_run)
     show = sub.add_parser("show", help="print the tables of a finished run again")
     show.add_argument("dir", type=Path, help="run directory holding results.jsonl")
     show.set_defaults(fn=cmd_show)
+    desc = sub.add_parser("describe", help="a toy's sites, true features and edges")
+    desc.add_argument("toy", help="toy name (see `decompbench list`)")
+    desc.add_argument("--params", nargs="*", default=[], metavar="K=V", help="e.g. use=cube")
+    desc.add_argument("--seed", type=int, default=0, help="seed the toy is built with")
+    desc.set_defaults(fn=cmd_describe)
+    report = sub.add_parser("report", help="regenerate DIR/report.html and DIR/plots/*.png")
+    report.add_argument("dir", type=Path, help="run directory holding results.jsonl")
+    report.set_defaults(fn=cmd_report)
+    from decompbench.real.commands import add_real_commands
+
+    add_real_commands(sub)  # train-real, export, import
     return p
 
 
@@ -98,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.fn(args))
     except UserError as err:
-        print(f"decompbench: error: {err}", file=sys.stderr)
+        print(f"decompbench: error: {' '.join(str(err).splitlines())}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("decompbench: interrupted", file=sys.stderr)

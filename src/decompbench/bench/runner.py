@@ -1,25 +1,67 @@
-"""Run a validated suite: every toy x site x method x seed, one record each."""
+"""Run a validated suite: every toy x site x method x seed, one record each, resumably.
+
+Reliability contract:
+
+* Resume. Runs already recorded in ``DIR/results.jsonl`` (matched by ``run_id``, the
+  content hash of their settings) are skipped; the rest run. If the directory holds a
+  record that is *not* part of the suite (other toys, parameters, seeds or sample sizes,
+  or a file from before run ids) the run is refused: pass ``force`` to start over. A suite
+  that grew (more seeds, methods, toys) resumes into the old directory.
+* Crash safety. Records are appended one fsync'ed line at a time; a torn last line left by
+  a kill is cut before appending (see ``results``). One runner per directory (a lock).
+* Guarded runs. Any ``Exception`` from building a toy, sampling a site, fitting a method
+  or scoring it becomes a ``failed`` record (``"Type: message"``) and the suite goes on;
+  so do non-finite or exploded directions, latents or reconstructions. KeyboardInterrupt
+  and SystemExit propagate (the records written so far stay; rerun to resume).
+* Cost guard. Planned work (sum over runs of steps x batch_size x width, method defaults
+  filled in) above ``MAX_WORK`` needs ``yes``; otherwise nothing is written.
+"""
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from itertools import groupby
 from pathlib import Path
+from typing import Any, Protocol
 
+import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import Tensor
 
 from decompbench.bench.evaluate import score
-from decompbench.bench.results import RESULTS, Record, append_record, write_text_atomic
-from decompbench.bench.suite import MethodSpec, Suite, ToySpec
+from decompbench.bench.results import (
+    RESULTS,
+    SUITE_COPY,
+    Record,
+    Stored,
+    append_record,
+    drop_torn_tail,
+    scan_results,
+    write_text_atomic,
+)
+from decompbench.bench.suite import PlannedRun, Suite, load_suite, normalised, plan_runs
 from decompbench.errors import TrainingFailed, UserError
 from decompbench.methods.base import Decomposition, build_method
 from decompbench.progress import reporting
+from decompbench.registry import get_method
 from decompbench.seeding import derive_seed
 from decompbench.toys.base import ActivationSite, Toy, build_toy, downstream_site
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not on Linux/macOS: no directory lock
+    fcntl = None  # type: ignore[assignment]
+
+LOCK = ".decompbench.lock"
+MAX_WORK = 3e9  # ~10x the built-in suite (2.9e8: about a minute on 2 CPU cores)
+EXPLODED = 1e6  # reconstruction larger than this times the data's largest |value|
+MAX_ERROR_CHARS = 500
 
 
 @dataclass(frozen=True)
@@ -51,23 +93,65 @@ def site_view(toy: Toy, data: SiteData, method: Decomposition) -> ActivationSite
     return ActivationSite(data.name, data.train_ND)
 
 
-def run_one(toy: Toy, tspec: ToySpec, data: SiteData, mspec: MethodSpec, seed: int) -> Record:
-    """Fit one method on one site and score it; training failures become failed records."""
-    method = build_method(mspec.name, mspec.params)
-    base = dict(
-        toy=tspec.name, toy_params=tspec.params, site=data.name, method=mspec.name,
-        method_params=mspec.params, access=method.access,
-        directions=method.directions_kind, seed=seed,
+def describe_error(err: BaseException) -> str:
+    """``Type: message`` on one line, capped in length."""
+    text = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
+    text = " ".join(text.split())
+    return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 3] + "..."
+
+
+@torch.no_grad()
+def check_outputs(method: Decomposition, X_ND: Tensor) -> None:
+    """Raise ``TrainingFailed`` when the fitted dictionary is non-finite or has exploded."""
+    Z_NM = method.encode(X_ND)
+    Xhat_ND = method.decode(Z_NM)
+    for what, t in (("directions", method.directions()), ("latents", Z_NM),
+                    ("reconstruction", Xhat_ND)):  # fmt: skip
+        bad = int((~torch.isfinite(t)).sum())
+        if bad:
+            raise TrainingFailed(f"{what} not finite ({bad} of {t.numel()} entries)")
+    if X_ND.numel() == 0:
+        return
+    limit = EXPLODED * max(float(X_ND.abs().max()), 1.0)
+    biggest = float(Xhat_ND.abs().max())
+    if biggest > limit:
+        raise TrainingFailed(f"reconstruction exploded (max |x_hat| = {biggest:.3g})")
+
+
+def base_fields(run: PlannedRun, suite: Suite) -> dict[str, Any]:
+    cls = get_method(run.method.name)
+    return dict(
+        run_id=run.run_id, toy=run.toy.name, toy_params=run.toy.params, site=run.site,
+        method=run.method.name, method_params=run.method.params, access=cls.access,
+        directions=cls.directions_kind, seed=run.seed, n_train=suite.n_train,
+        n_eval=suite.n_eval,
     )  # fmt: skip
+
+
+def failed_record(run: PlannedRun, suite: Suite, error: str, wall_s: float = 0.0) -> Record:
+    return Record(**base_fields(run, suite), status="failed", error=error, wall_s=wall_s)
+
+
+def run_one(toy: Toy, data: SiteData, run: PlannedRun, suite: Suite) -> Record:
+    """Fit one method on one site and score it; any exception becomes a failed record."""
     t0 = time.perf_counter()
     try:
-        method.fit(site_view(toy, data, method), seed)
-        metrics = score(method, toy.ground_truth(data.name), data.eval_feats_NK, data.eval_ND, seed)
-    except TrainingFailed as err:
-        wall = time.perf_counter() - t0
-        return Record(**base, status="failed", error=str(err), wall_s=wall)
+        method = build_method(run.method.name, run.method.params)
+        method.fit(site_view(toy, data, method), run.seed)
+        check_outputs(method, data.eval_ND)
+        gt = toy.ground_truth(data.name)
+        metrics = score(method, gt, data.eval_feats_NK, data.eval_ND, run.seed)
+    except Exception as err:  # a bug in a method must not kill the suite
+        return failed_record(run, suite, describe_error(err), time.perf_counter() - t0)
     wall = time.perf_counter() - t0
-    return Record(**base, status="ok", metrics=metrics, wall_s=wall)
+    return Record(**base_fields(run, suite), status="ok", metrics=metrics, wall_s=wall)
+
+
+# --- progress -------------------------------------------------------------------------
+
+
+class RunsProgress(Protocol):
+    def run_done(self, run: PlannedRun, record: Record) -> None: ...
 
 
 class RichReporter:
@@ -87,46 +171,251 @@ class RichReporter:
         self.progress.update(self.task, visible=False)
 
 
+class RichRuns:
+    """Overall bar on a terminal: runs done / total (skipped ones count as done), ETA."""
+
+    def __init__(self, progress: Progress, total: int, skipped: int) -> None:
+        desc = f"runs ({skipped} skipped)" if skipped else "runs"
+        self.progress = progress
+        self.task = progress.add_task(desc, total=total, completed=skipped)
+
+    def run_done(self, run: PlannedRun, record: Record) -> None:
+        self.progress.update(self.task, advance=1)
+
+
+def hms(seconds: float) -> str:
+    s = round(seconds)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+class PlainRuns:
+    """Off a terminal (logs, CI, parallel jobs): one line per finished run, one write each,
+    so lines from several processes sharing a log interleave whole."""
+
+    def __init__(self, total: int, skipped: int) -> None:
+        self.total, self.done, self.new = total, skipped, 0
+        self.t0 = time.monotonic()
+
+    def run_done(self, run: PlannedRun, record: Record) -> None:
+        self.done, self.new = self.done + 1, self.new + 1
+        eta = (time.monotonic() - self.t0) / self.new * (self.total - self.done)
+        note = f": {record.error}" if record.error else ""
+        say(f"[{self.done}/{self.total}] {record.status} {run.label} ({record.wall_s:.1f} s, "
+            f"eta {hms(eta)}){note}")  # fmt: skip
+
+
+def say(line: str) -> None:
+    sys.stderr.write(f"decompbench: {line}\n")
+    sys.stderr.flush()
+
+
 @contextmanager
-def progress_display(total: int, quiet: bool) -> Iterator[Progress | None]:
+def runs_progress(total: int, skipped: int, quiet: bool) -> Iterator[RunsProgress | None]:
     if quiet:
         yield None
         return
+    console = Console(stderr=True)
+    if not console.is_terminal:
+        yield PlainRuns(total, skipped)
+        return
     cols = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
             TimeRemainingColumn())  # fmt: skip
-    with Progress(*cols, console=Console(stderr=True), transient=True) as progress:
-        yield progress
+    progress = Progress(*cols, console=console, transient=True)
+    with progress, reporting(RichReporter(progress)):
+        yield RichRuns(progress, total, skipped)
 
 
-def prepare_out_dir(out_dir: Path, force: bool) -> Path:
+# --- cost guard -----------------------------------------------------------------------
+
+
+def as_count(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 1
+
+
+def planned_work(runs: list[PlannedRun]) -> float:
+    """Sum over gradient-trained runs of steps x batch_size x width (defaults filled in)."""
+    per_method: dict[int, float] = {}
+    total = 0.0
+    for run in runs:
+        key = id(run.method)
+        if key not in per_method:
+            p = normalised("method", run.method.name, run.method.params)
+            trained = "steps" in p
+            steps, batch, width = (as_count(p.get(k)) for k in ("steps", "batch_size", "width"))
+            per_method[key] = float(steps) * batch * width if trained else 0.0
+        total += per_method[key]
+    return total
+
+
+def check_cost(runs: list[PlannedRun], yes: bool) -> None:
+    """Refuse (before anything is written) a suite far bigger than the built-in one."""
+    work = planned_work(runs)
+    if work > MAX_WORK and not yes:
+        builtin = planned_work(plan_runs(load_suite(None)[0]))
+        raise UserError(
+            f"planned work of the {len(runs)} runs to do is {work:.2g} steps x batch x width, "
+            f"above the bound {MAX_WORK:.2g} (the built-in suite: {builtin:.2g}, about a "
+            "minute on 2 CPU cores); pass --yes to run it anyway"
+        )
+
+
+# --- the run directory ----------------------------------------------------------------
+
+
+def check_out_dir(out_dir: Path) -> None:
+    try:
+        if out_dir.exists() and not out_dir.is_dir():
+            raise UserError(f"{out_dir}: exists and is not a directory")
+    except (OSError, ValueError) as err:
+        raise UserError(f"{out_dir}: unusable output directory ({err})") from None
+
+
+def check_same_settings(stored: Stored, plan: list[PlannedRun], out_dir: Path) -> None:
+    """Refuse to mix: every stored record must be one of this suite's runs."""
+    ids = {r.run_id for r in plan}
+    foreign = [r for r in stored.records if r.run_id not in ids]
+    if foreign:
+        why = "without run ids (an older decompbench)" if foreign[0].run_id is None else (
+            "not in this suite (other toys, parameters, seeds or sample sizes)")  # fmt: skip
+        raise UserError(
+            f"{out_dir / RESULTS} holds {len(foreign)} run(s) {why}; pass --force to start "
+            "over or choose another --out"
+        )
+
+
+def make_dir(out_dir: Path) -> None:
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"{out_dir}: cannot create: {err.strerror or err}") from None
+
+
+@contextmanager
+def locked(out_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``out_dir`` (released by the OS even on SIGKILL)."""
+    try:
+        fd = os.open(out_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        raise UserError(f"{out_dir}: cannot write: {err.strerror or err}") from None
+    try:
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise UserError(
+                    f"{out_dir} is in use by another decompbench run; wait for it or choose "
+                    "another --out"
+                ) from None
+        yield
+    finally:
+        os.close(fd)
+
+
+# --- the suite ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    records: list[Record]  # every record of the suite, skipped ones first
+    skipped: int  # runs found already recorded
+    ran: int  # runs executed now
+
+    @property
+    def failed(self) -> int:
+        return sum(r.status == "failed" for r in self.records)
+
+    def line(self, out_dir: Path) -> str:
+        return (
+            f"{len(self.records)} runs: {self.ran} run now, {self.skipped} skipped (already "
+            f"in {out_dir / RESULTS}), {self.failed} failed"
+        )
+
+
+def build_or_error(run: PlannedRun, seed: int) -> tuple[Toy | None, str | None]:
+    try:
+        return build_toy(run.toy.name, run.toy.params, seed), None
+    except Exception as err:  # e.g. a toy whose own training missed its target
+        return None, f"{describe_error(err)} (building toy '{run.toy.name}')"
+
+
+def sample_or_error(toy: Toy, site: str, suite: Suite, seed: int) -> tuple[SiteData | None, str]:
+    try:
+        return site_data(toy, site, suite.n_train, suite.n_eval, seed), ""
+    except Exception as err:
+        return None, f"{describe_error(err)} (sampling site '{site}')"
+
+
+def prepared(
+    todo: list[PlannedRun], suite: Suite
+) -> Iterator[tuple[list[PlannedRun], Toy | None, SiteData | None, str]]:
+    """Group ``todo`` by toy and site, building each once; a failure comes back as text."""
+    for (seed, _), toy_runs in groupby(todo, key=lambda r: (r.seed, id(r.toy))):
+        runs = list(toy_runs)
+        toy, error = build_or_error(runs[0], seed)
+        for site, site_runs in groupby(runs, key=lambda r: r.site):
+            data, site_error = sample_or_error(toy, site, suite, seed) if toy else (None, "")
+            yield list(site_runs), toy, data, error or site_error
+
+
+def execute(
+    todo: list[PlannedRun], suite: Suite, results: Path, shown: RunsProgress | None
+) -> list[Record]:
+    """Run ``todo`` in order; append each record as soon as it exists."""
+    records = []
+    for runs, toy, data, error in prepared(todo, suite):
+        for run in runs:
+            if toy is None or data is None:
+                record = failed_record(run, suite, error)
+            else:
+                record = run_one(toy, data, run, suite)
+            append_record(results, record)
+            records.append(record)
+            if shown is not None:
+                shown.run_done(run, record)
+    return records
+
+
+def start_results(out_dir: Path, plan: list[PlannedRun], force: bool) -> Stored:
+    """Under the lock: clear (force) or re-read and repair the results file."""
     results = out_dir / RESULTS
-    if results.exists() and not force:
-        raise UserError(f"{out_dir} already holds results; pass --force to replace them")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    results.unlink(missing_ok=True)
-    return results
+    if force:
+        results.unlink(missing_ok=True)
+        return Stored([], 0, 0)
+    stored = scan_results(results)
+    check_same_settings(stored, plan, out_dir)
+    drop_torn_tail(results, stored)
+    return stored
 
 
 def run_suite(
-    suite: Suite, suite_text: str, out_dir: Path, quiet: bool = False, force: bool = False
-) -> list[Record]:
-    """Run every toy x site x method x seed; append each record to ``DIR/results.jsonl``."""
-    results = prepare_out_dir(out_dir, force)
-    write_text_atomic(out_dir / "suite.yaml", suite_text)
-    plan = [(seed, t) for seed in suite.seeds for t in suite.toys]
-    n_runs = len(suite.seeds) * sum(len(t.sites or []) * len(suite.methods) for t in suite.toys)
-    records: list[Record] = []
-    with progress_display(n_runs, quiet) as progress:
-        overall = progress.add_task("runs", total=n_runs) if progress else None
-        with reporting(RichReporter(progress) if progress else None):
-            for seed, tspec in plan:
-                toy = build_toy(tspec.name, tspec.params, seed)
-                for site in tspec.sites or []:
-                    data = site_data(toy, site, suite.n_train, suite.n_eval, seed)
-                    for mspec in suite.methods:
-                        record = run_one(toy, tspec, data, mspec, seed)
-                        append_record(results, record)
-                        records.append(record)
-                        if progress and overall is not None:
-                            progress.update(overall, advance=1)
-    return records
+    suite: Suite,
+    suite_text: str,
+    out_dir: Path,
+    quiet: bool = False,
+    force: bool = False,
+    yes: bool = False,
+) -> RunSummary:
+    """Run every toy x site x method x seed not yet in ``DIR/results.jsonl``; append each."""
+    plan = plan_runs(suite)
+    check_out_dir(out_dir)
+    stored = Stored([], 0, 0) if force else scan_results(out_dir / RESULTS)
+    check_same_settings(stored, plan, out_dir)
+    done = {r.run_id for r in stored.records}
+    check_cost([r for r in plan if r.run_id not in done], yes)  # before anything is written
+    make_dir(out_dir)
+    with locked(out_dir):
+        stored = start_results(out_dir, plan, force)
+        done = {r.run_id for r in stored.records}
+        todo = [r for r in plan if r.run_id not in done]
+        write_text_atomic(out_dir / SUITE_COPY, suite_text)
+        if not quiet:
+            say(f"{len(plan)} runs: {len(plan) - len(todo)} already recorded in {out_dir}, "
+                f"{len(todo)} to run")  # fmt: skip
+        with runs_progress(len(plan), len(plan) - len(todo), quiet) as shown:
+            try:
+                new = execute(todo, suite, out_dir / RESULTS, shown)
+            except KeyboardInterrupt:
+                if not quiet:
+                    say("interrupted; run the same command again to resume")
+                raise
+    return RunSummary(stored.records + new, skipped=len(plan) - len(todo), ran=len(new))

@@ -11,19 +11,27 @@ A suite is YAML::
       - name: sae-topk
         params: {width: 16, k: 2}
 
-Every toy x site x method x seed is one run.
+Every toy x site x method x seed is one run, identified by a content hash (``run_id``)
+of its settings with every parameter default filled in. Validation is strict: unknown
+keys, wrong types (no ``"3"`` for 3, no ``true`` for 1), non-finite numbers, repeated
+seeds/sites and two entries that describe the same run are rejected with one line that
+names the file and the place.
 """
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import Field
+from pydantic import ConfigDict, Field, field_validator
 
+from decompbench.bench.results import make_run_id
 from decompbench.config import StrictModel, validate
 from decompbench.errors import UserError
 from decompbench.methods.base import build_method
@@ -31,25 +39,52 @@ from decompbench.registry import get_method, get_toy
 from decompbench.toys.base import build_toy
 
 DEFAULT_SUITE = "default.yaml"
+MAX_SEED = 2**31 - 1
+MAX_SAMPLES = 1_000_000
 
 
-class ToySpec(StrictModel):
+class SpecModel(StrictModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+def unique(values: list[Any], what: str) -> list[Any]:
+    seen = [json.dumps(v, sort_keys=True) for v in values]
+    for i, key in enumerate(seen):
+        if key in seen[:i]:
+            raise ValueError(f"{what} {values[i]!r} is listed twice")
+    return values
+
+
+class ToySpec(SpecModel):
     name: str
     params: dict[str, Any] = Field(default_factory=dict)
-    sites: list[str] | None = None
+    sites: list[str] | None = Field(default=None, min_length=1)
+
+    @field_validator("sites")
+    @classmethod
+    def _unique_sites(cls, v: list[str] | None) -> list[str] | None:
+        return v if v is None else unique(v, "site")
 
 
-class MethodSpec(StrictModel):
+class MethodSpec(SpecModel):
     name: str
     params: dict[str, Any] = Field(default_factory=dict)
 
 
-class Suite(StrictModel):
+class Suite(SpecModel):
     seeds: list[int] = Field(default=[0], min_length=1)
-    n_train: int = Field(default=16384, ge=16)
-    n_eval: int = Field(default=4096, ge=16)
+    n_train: int = Field(default=16384, ge=16, le=MAX_SAMPLES)
+    n_eval: int = Field(default=4096, ge=16, le=MAX_SAMPLES)
     toys: list[ToySpec] = Field(min_length=1)
     methods: list[MethodSpec] = Field(min_length=1)
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v: list[int]) -> list[int]:
+        for s in v:
+            if not 0 <= s <= MAX_SEED:
+                raise ValueError(f"seed {s} is outside 0..{MAX_SEED}")
+        return unique(v, "seed")
 
 
 def read_yaml(path: Path) -> Any:
@@ -57,7 +92,7 @@ def read_yaml(path: Path) -> Any:
     if not path.is_file():
         raise UserError(f"{path}: no such file")
     try:
-        return yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         line = f" (line {mark.line + 1})" if mark is not None else ""
@@ -65,6 +100,8 @@ def read_yaml(path: Path) -> Any:
         raise UserError(f"{path}: invalid YAML{line}: {problem}") from None
     except (OSError, UnicodeDecodeError) as err:
         raise UserError(f"{path}: cannot read: {err}") from None
+    except RecursionError:
+        raise UserError(f"{path}: invalid YAML: nested too deeply") from None
 
 
 def located(lookup: Callable[[str], object], name: str, where: str) -> None:
@@ -75,26 +112,79 @@ def located(lookup: Callable[[str], object], name: str, where: str) -> None:
         raise UserError(f"{where}: {err}") from None
 
 
+def check_finite(value: Any, where: str) -> None:
+    """Reject NaN and infinities anywhere inside a parameter block."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UserError(f"{where}: {value} is not a finite number")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            check_finite(v, f"{where}.{k}")
+    elif isinstance(value, list | tuple):
+        for i, v in enumerate(value):
+            check_finite(v, f"{where}.{i}")
+
+
+def normalised(kind: str, name: str, params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` validated, with every default filled in, as plain JSON values."""
+    cls = get_toy(name) if kind == "toy" else get_method(name)
+    return validate(cls.Params, params, f"{kind} '{name}' params").model_dump(mode="json")
+
+
+def resolve_toy(t: ToySpec, seed: int, where: str) -> ToySpec:
+    """Validate a toy entry; build the toy once to check (or fill in) its sites."""
+    located(get_toy, t.name, f"{where}.name")
+    check_finite(t.params, f"{where}.params")
+    validate(get_toy(t.name).Params, t.params, f"{where}.params ({t.name})")
+    try:
+        toy = build_toy(t.name, t.params, seed)
+    except Exception as err:  # e.g. a trained toy missing its target: recorded by the runner
+        if t.sites is not None:
+            return t
+        raise UserError(
+            f"{where}: building toy '{t.name}' to list its sites failed "
+            f"({type(err).__name__}: {err}); name its sites to record the failure instead"
+        ) from None
+    for s in t.sites or []:
+        if s not in toy.sites:
+            raise UserError(
+                f"{where}.sites: toy '{t.name}' has no site '{s}' (sites: {', '.join(toy.sites)})"
+            )
+    return t.model_copy(update={"sites": t.sites or list(toy.sites)})
+
+
+def check_no_repeats(suite: Suite, where: str) -> None:
+    """Two entries that describe the same run would record it twice: reject them."""
+    seen: dict[tuple[str, str], str] = {}
+    for i, t in enumerate(suite.toys):
+        key = json.dumps([t.name, normalised("toy", t.name, t.params)], sort_keys=True)
+        for s in t.sites or []:
+            if (key, s) in seen:
+                raise UserError(f"{where}: toys[{i}] repeats {seen[key, s]} (same toy at '{s}')")
+            seen[key, s] = f"toys[{i}]"
+    methods: dict[str, int] = {}
+    for i, m in enumerate(suite.methods):
+        key = json.dumps([m.name, normalised("method", m.name, m.params)], sort_keys=True)
+        if key in methods:
+            raise UserError(
+                f"{where}: methods[{i}] repeats methods[{methods[key]}] "
+                "(same method and parameters, defaults included)"
+            )
+        methods[key] = i
+
+
 def parse_suite(data: Any, where: str) -> Suite:
     """Validate the suite and every toy/method parameter block; resolve default sites."""
     if not isinstance(data, dict):
         raise UserError(f"{where}: a suite must be a mapping with 'toys' and 'methods'")
     suite = validate(Suite, data, where)
-    toys = []
-    for i, t in enumerate(suite.toys):
-        located(get_toy, t.name, f"{where}: toys[{i}].name")
-        toy = build_toy(t.name, t.params, suite.seeds[0], f"{where}: toys[{i}].params ({t.name})")
-        for s in t.sites or []:
-            if s not in toy.sites:
-                raise UserError(
-                    f"{where}: toys[{i}].sites: toy '{t.name}' has no site '{s}' "
-                    f"(sites: {', '.join(toy.sites)})"
-                )
-        toys.append(t.model_copy(update={"sites": t.sites or list(toy.sites)}))
+    toys = [resolve_toy(t, suite.seeds[0], f"{where}: toys[{i}]") for i, t in enumerate(suite.toys)]
     for i, m in enumerate(suite.methods):
         located(get_method, m.name, f"{where}: methods[{i}].name")
+        check_finite(m.params, f"{where}: methods[{i}].params")
         build_method(m.name, m.params, f"{where}: methods[{i}].params ({m.name})")
-    return suite.model_copy(update={"toys": toys})
+    suite = suite.model_copy(update={"toys": toys})
+    check_no_repeats(suite, where)
+    return suite
 
 
 def load_suite(path: Path | None) -> tuple[Suite, str]:
@@ -103,9 +193,42 @@ def load_suite(path: Path | None) -> tuple[Suite, str]:
         text = resources.files("decompbench.bench").joinpath(DEFAULT_SUITE).read_text()
         return parse_suite(yaml.safe_load(text), f"<built-in {DEFAULT_SUITE}>"), text
     data = read_yaml(path)
-    return parse_suite(data, str(path)), path.read_text()
+    return parse_suite(data, str(path)), path.read_text(encoding="utf-8")
 
 
 def with_seeds(suite: Suite, seeds: list[int]) -> Suite:
-    """A copy of ``suite`` with its seeds replaced (configs are never mutated)."""
-    return suite.model_copy(update={"seeds": seeds})
+    """A copy of ``suite`` with its seeds replaced and re-validated (configs never mutate)."""
+    return validate(Suite, {**suite.model_dump(), "seeds": seeds}, "--seeds")
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One toy x site x method x seed of a suite, with its content hash."""
+
+    run_id: str
+    seed: int
+    toy: ToySpec
+    site: str
+    method: MethodSpec
+
+    @property
+    def label(self) -> str:
+        return f"{self.toy.name}@{self.site} {self.method.name} seed {self.seed}"
+
+
+def plan_runs(suite: Suite) -> list[PlannedRun]:
+    """Every run of the suite, in execution order: seed, toy, site, method."""
+    toys = [normalised("toy", t.name, t.params) for t in suite.toys]
+    methods = [normalised("method", m.name, m.params) for m in suite.methods]
+    plan = []
+    for seed in suite.seeds:
+        for t, tparams in zip(suite.toys, toys, strict=True):
+            for site in t.sites or []:
+                for m, mparams in zip(suite.methods, methods, strict=True):
+                    identity = dict(
+                        toy=t.name, toy_params=tparams, site=site, method=m.name,
+                        method_params=mparams, seed=seed, n_train=suite.n_train,
+                        n_eval=suite.n_eval,
+                    )  # fmt: skip
+                    plan.append(PlannedRun(make_run_id(identity), seed, t, site, m))
+    return plan

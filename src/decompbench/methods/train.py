@@ -4,6 +4,18 @@ Adam; linear warm-up, constant, then linear decay of the learning rate to zero;
 minibatches drawn from the run's seed; ``after_step`` hook (e.g. unit-norm decoder rows);
 progress through ``decompbench.progress``; stop with ``TrainingFailed`` on a non-finite
 loss.
+
+Optional hooks a model may define (each is looked up with ``getattr``; a model without
+them trains exactly as before):
+
+* ``prepare(*tensors)`` — called once with the whole training data before the first
+  step (e.g. input normalisation, geometric-median decoder bias).
+* ``set_train_state(state: TrainState)`` — called before every step with the step
+  index, the sparsity-penalty warm-up factor and the mask of dead latents.
+* ``fire_rate_M`` — after ``loss``, a float [m] tensor: the share of the minibatch on
+  which each latent fired. The loop then tracks, per latent, the steps since it last
+  fired (dead when above ``dead_after_steps``) and an exponential average of its firing
+  rate (dense when above ``dense_rate``); counts land in the ``TrainLog``.
 """
 
 from __future__ import annotations
@@ -22,6 +34,8 @@ from decompbench.errors import TrainingFailed
 from decompbench.progress import reporter
 from decompbench.seeding import generator
 
+FIRE_RATE_DECAY = 0.99  # exponential average of per-step firing rates (~100 steps)
+
 
 class TrainParams(StrictModel):
     """Optimisation settings; gradient-trained methods inherit these fields."""
@@ -31,6 +45,15 @@ class TrainParams(StrictModel):
     batch_size: int = Field(default=256, ge=1)
     warmup_frac: float = Field(default=0.05, ge=0, le=1)
     decay_frac: float = Field(default=0.2, ge=0, le=1)
+    sparsity_warmup_frac: float = Field(
+        default=0.0, ge=0, le=1, description="share of steps over which the penalty ramps 0->1"
+    )
+    dead_after_steps: int = Field(
+        default=200, ge=1, description="a latent silent for this many steps counts as dead"
+    )
+    dense_rate: float = Field(
+        default=0.5, gt=0, le=1, description="a latent firing on more samples counts as dense"
+    )
 
 
 class Trainable(Protocol):
@@ -41,6 +64,16 @@ class Trainable(Protocol):
 
     def parameters(self) -> object: ...
     def after_step(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class TrainState:
+    """What the loop tells a model before each step."""
+
+    step: int
+    steps: int
+    sparsity_scale: float
+    dead_M: Tensor | None  # bool [m], or None before the model reported any latents
 
 
 def lr_factor(step: int, steps: int, warmup_frac: float, decay_frac: float) -> float:
@@ -54,14 +87,78 @@ def lr_factor(step: int, steps: int, warmup_frac: float, decay_frac: float) -> f
     return 1.0
 
 
+def sparsity_factor(step: int, steps: int, warmup_frac: float) -> float:
+    """Multiplier of the sparsity penalty: linear ramp from 1/warm to 1, then 1."""
+    warm = math.ceil(warmup_frac * steps)
+    return 1.0 if step >= warm else (step + 1) / warm
+
+
+class LatentTracker:
+    """Steps since each latent last fired, and an exponential average of its firing rate."""
+
+    def __init__(self, dead_after: int, dense_rate: float) -> None:
+        self.dead_after = dead_after
+        self.dense_rate = dense_rate
+        self.since_fired_M: Tensor | None = None
+        self.rate_M: Tensor | None = None
+
+    def update(self, fired_M: Tensor, rate_M: Tensor) -> None:
+        if self.since_fired_M is None or self.rate_M is None:
+            self.since_fired_M = torch.zeros(fired_M.shape[0], dtype=torch.long)
+            self.rate_M = rate_M.detach().double().clone()
+        self.since_fired_M = torch.where(fired_M, 0, self.since_fired_M + 1)
+        self.rate_M = FIRE_RATE_DECAY * self.rate_M + (1 - FIRE_RATE_DECAY) * rate_M.double()
+
+    def dead_M(self) -> Tensor | None:
+        return None if self.since_fired_M is None else self.since_fired_M > self.dead_after
+
+    def dense_M(self) -> Tensor | None:
+        return None if self.rate_M is None else self.rate_M > self.dense_rate
+
+
 @dataclass
 class TrainLog:
+    """Loss per step; dead/dense latent counts every 1 % of training; final tracker state."""
+
     losses: list[float] = field(default_factory=list)
+    n_dead: list[int] = field(default_factory=list)
+    n_dense: list[int] = field(default_factory=list)
+    steps_since_fired_M: Tensor | None = None
+    fire_rate_M: Tensor | None = None
 
     @property
     def final_loss(self) -> float:
         tail = self.losses[-max(1, len(self.losses) // 20) :]
         return sum(tail) / len(tail)
+
+    def note_latents(self, tracker: LatentTracker) -> None:
+        dead, dense = tracker.dead_M(), tracker.dense_M()
+        if dead is not None and dense is not None:
+            self.n_dead.append(int(dead.sum()))
+            self.n_dense.append(int(dense.sum()))
+        self.steps_since_fired_M = tracker.since_fired_M
+        self.fire_rate_M = tracker.rate_M
+
+
+def _call_hook(model: nn.Module, name: str, *args: object) -> None:
+    hook = getattr(model, name, None)
+    if callable(hook):
+        hook(*args)
+
+
+def _track(model: nn.Module, tracker: LatentTracker) -> None:
+    """Feed the model's ``fire_rate_M`` of the last minibatch to the tracker."""
+    rate = getattr(model, "fire_rate_M", None)
+    if isinstance(rate, Tensor):
+        tracker.update(rate > 0, rate)
+
+
+def _checked_loss(model: Trainable, batch: tuple[Tensor, ...], label: str, step: int) -> Tensor:
+    loss = model.loss(*batch)
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        raise TrainingFailed(f"{label}: loss became {value} at step {step}")
+    return loss
 
 
 def train(
@@ -76,30 +173,33 @@ def train(
     tensors = data if isinstance(data, tuple) else (data,)
     n = tensors[0].shape[0]
     assert all(t.shape[0] == n for t in tensors), "training tensors differ in rows"
+    _call_hook(model, "prepare", *tensors)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: lr_factor(s, cfg.steps, cfg.warmup_frac, cfg.decay_frac)
     )
     g = generator(seed, "train/batches")
-    log = TrainLog()
+    log, tracker = TrainLog(), LatentTracker(cfg.dead_after_steps, cfg.dense_rate)
     rep = reporter()
     if rep is not None:
         rep.start(label, cfg.steps)
     every = max(1, cfg.steps // 100)
     for step in range(cfg.steps):
+        scale = sparsity_factor(step, cfg.steps, cfg.sparsity_warmup_frac)
+        _call_hook(model, "set_train_state", TrainState(step, cfg.steps, scale, tracker.dead_M()))
         idx = torch.randint(n, (cfg.batch_size,), generator=g)
-        loss = model.loss(*(t[idx] for t in tensors))
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            raise TrainingFailed(f"{label}: loss became {value} at step {step}")
+        loss = _checked_loss(model, tuple(t[idx] for t in tensors), label, step)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
         model.after_step()
-        log.losses.append(value)
-        if rep is not None and (step + 1) % every == 0:
-            rep.advance(every, f"loss {value:.4g}")
+        _track(model, tracker)
+        log.losses.append(float(loss.detach()))
+        if (step + 1) % every == 0 or step + 1 == cfg.steps:
+            log.note_latents(tracker)
+            if rep is not None and (step + 1) % every == 0:
+                rep.advance(every, f"loss {log.losses[-1]:.4g}")
     if rep is not None:
         rep.finish()
     return log

@@ -1,6 +1,18 @@
 """The toy zoo. Importing this package registers every built-in toy."""
 
-from decompbench.toys import composed
+from decompbench.toys import (
+    circuit,
+    composed,
+    composed_tms,
+    compressed,
+    curve,
+    data_structure,
+    hierarchy,
+    planted,
+    square,
+    superposed_circuits,
+    tms,
+)
 from decompbench.toys.base import ActivationSite, Batch, DownstreamSite, GroundTruth, Toy, build_toy
 
 __all__ = [
@@ -10,5 +22,15 @@ __all__ = [
     "GroundTruth",
     "Toy",
     "build_toy",
+    "circuit",
     "composed",
+    "composed_tms",
+    "compressed",
+    "curve",
+    "data_structure",
+    "hierarchy",
+    "planted",
+    "square",
+    "superposed_circuits",
+    "tms",
 ]

@@ -10,13 +10,16 @@ an activation-only method an object that simply has no downstream to read.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from copy import deepcopy
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
 
 from decompbench.config import StrictModel, validate
+
+OutputKind = Literal["mse", "categorical"]
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,8 @@ class Toy(nn.Module, ABC):
     name: ClassVar[str]
     Params: ClassVar[type[StrictModel]]
     summary: ClassVar[str] = ""
+    # How outputs are compared: "mse", or "categorical" (outputs are logits; KL divergence).
+    output_kind: ClassVar[OutputKind] = "mse"
 
     def __init__(self, params: StrictModel, seed: int) -> None:
         super().__init__()
@@ -83,8 +88,23 @@ class Toy(nn.Module, ABC):
     def downstream(self, site: str) -> nn.Module:
         """The network from ``site`` to the output: activations -> output."""
 
+    def next_layer(self, site: str) -> nn.Module:
+        """The network from ``site`` to the next layer's output (a transcoder's target).
+
+        Defaults to ``downstream(site)``: right for toys with one layer after the site.
+        """
+        return self.downstream(site)
+
     @abstractmethod
     def ground_truth(self, site: str) -> GroundTruth: ...
+
+    def edges(self) -> list[tuple[str, int, str, int]]:
+        """True feature-to-feature edges between sites: (site_a, feature_a, site_b, feature_b).
+
+        Feature indices are rows of the sites' ``ground_truth`` directions; an edge means
+        feature_b is computed from feature_a. Toys with fewer than two sites have none.
+        """
+        return []
 
     def check_site(self, site: str) -> None:
         from decompbench.errors import UserError
@@ -120,13 +140,28 @@ class ActivationSite:
 
 @dataclass(frozen=True)
 class DownstreamSite(ActivationSite):
-    """Adds the downstream network for methods that declare themselves downstream-aware."""
+    """Adds the network after the site, for methods that declare themselves downstream-aware.
+
+    ``downstream`` maps site activations to the network's output; ``next_layer`` maps them
+    to the next layer's output (the same module when one layer follows the site). Both are
+    frozen private copies: a method may hook or read them (their weight matrices are
+    reachable through the modules) without touching the toy. ``output_kind`` says how
+    outputs compare: "mse", or "categorical" (logits; KL divergence). Nothing upstream of
+    the site and no ground truth is reachable from here.
+    """
 
     downstream: nn.Module = field(default_factory=nn.Identity)
+    next_layer: nn.Module | None = None
+    output_kind: OutputKind = "mse"
 
     def output(self, acts_BD: Tensor) -> Tensor:
         """The network's output with ``acts_BD`` at the site."""
         return self.downstream(acts_BD)
+
+    def next_output(self, acts_BD: Tensor) -> Tensor:
+        """The next layer's output with ``acts_BD`` at the site."""
+        module = self.downstream if self.next_layer is None else self.next_layer
+        return module(acts_BD)
 
     def output_grads(self, acts_BD: Tensor, cotangent_BO: Tensor) -> Tensor:
         """Vector-Jacobian product: d(output · cotangent)/d acts."""
@@ -136,9 +171,23 @@ class DownstreamSite(ActivationSite):
         return grad
 
 
+def _frozen_copy(module: nn.Module) -> nn.Module:
+    copy = deepcopy(module).eval()
+    for param in copy.parameters():
+        param.requires_grad_(False)
+    return copy
+
+
 def downstream_site(toy: Toy, site: str, acts_ND: Tensor) -> DownstreamSite:
     """The view a downstream-aware method gets of ``site``: activations and the network after it.
 
-    Built here, from the toy, so the runner never decides what a method may read.
+    Built here, from the toy, so the runner never decides what a method may read. The
+    modules are copied (``next_layer`` shares weights with ``downstream`` when it is a
+    submodule of it), so hooks a method registers never reach the toy.
     """
-    return DownstreamSite(site, acts_ND, downstream=toy.downstream(site))
+    down = toy.downstream(site)
+    nxt = toy.next_layer(site)
+    both = _frozen_copy(nn.ModuleList([down, nxt]))
+    return DownstreamSite(
+        site, acts_ND, downstream=both[0], next_layer=both[1], output_kind=toy.output_kind
+    )
