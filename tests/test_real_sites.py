@@ -28,8 +28,9 @@ def tiny_gpt2(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from decompbench.real.tiny import make_tiny_gpt2
 
     if "path" not in _BUILT:
+        torch.set_num_threads(1)
         path = tmp_path_factory.mktemp("tiny-gpt2")
-        _BUILT["path"] = make_tiny_gpt2(path, seed=0, texts=TEXTS, train_steps=100)
+        _BUILT["path"] = make_tiny_gpt2(path, seed=0, texts=TEXTS, train_steps=60)
     return _BUILT["path"]
 
 

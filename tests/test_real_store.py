@@ -29,7 +29,9 @@ def build(site: RealSite, root: Path, texts: list[str] = TEXTS_SMALL, **kw: obje
     return build_store(root, site, texts, ds, SEQ, SHARD, **kw)  # type: ignore[arg-type]
 
 
-def test_manifest_records_the_model_hook_data_dtype_and_shards(site: RealSite, tmp_path: Path) -> None:
+def test_manifest_records_the_model_hook_data_dtype_and_shards(
+    site: RealSite, tmp_path: Path
+) -> None:
     man = build(site, tmp_path / "s", max_seqs=10)
     on_disk = json.loads((tmp_path / "s" / MANIFEST).read_text())
     assert on_disk == man

@@ -60,10 +60,19 @@ def build_run_dir(root: Path) -> Path:
         data = site_data(toy, r.site, r.n_train, r.n_eval, r.seed)
         method = build_method(r.method, r.method_params)
         method.fit(site_view(toy, data, method), r.seed)
-        meta = r.model_dump(include={"toy", "toy_params", "site", "method", "method_params",
-                                     "seed"})  # fmt: skip
-        save_run_artefacts(out, r.run_id, method, toy.ground_truth(r.site), data.eval_ND,
-                           data.eval_feats_NK, toy.downstream(r.site), meta=meta)  # fmt: skip
+        meta = r.model_dump(
+            include={"toy", "toy_params", "site", "method", "method_params", "seed"}
+        )
+        save_run_artefacts(
+            out,
+            r.run_id,
+            method,
+            toy.ground_truth(r.site),
+            data.eval_ND,
+            data.eval_feats_NK,
+            toy.downstream(r.site),
+            meta=meta,
+        )
     return out
 
 
@@ -110,8 +119,16 @@ def test_artefacts_by_hand(tmp_path: Path) -> None:
     X = torch.tensor([[1.0, 0.0], [0.0, 2.0], [3.0, -4.0]])
     gt = GroundTruth(torch.eye(2)[[1, 0]], ("b", "a"), (True, False), (0, 1))
     feats = torch.tensor([[0.0, 1.0], [2.0, 0.0], [-4.0, 3.0]])
-    save_run_artefacts(tmp_path, "abc", Fixed(FixedParams()), gt, X, feats, nn.Identity(),
-                       meta={"toy": "hand", "seed": 3})  # fmt: skip
+    save_run_artefacts(
+        tmp_path,
+        "abc",
+        Fixed(FixedParams()),
+        gt,
+        X,
+        feats,
+        nn.Identity(),
+        meta={"toy": "hand", "seed": 3},
+    )
     a = load_run_artefacts(tmp_path, "abc")
     assert a is not None and a.downstream_effect_M is not None
     assert torch.allclose(a.downstream_effect_M, torch.tensor([4 / 3, 2.0]))
@@ -157,6 +174,15 @@ def test_matched_order_puts_the_matching_on_the_diagonal() -> None:
     assert order.matched == [(1, 0), (2, 2), (0, 1)]
 
 
+def test_matched_order_matches_model_features_first() -> None:
+    """A global matching would give the data-only f0 latent 0 (0.9 + 0.7 > 0.8 + 0.0); the
+    scores match model features alone, so f1 takes latent 0 and f0 gets what is left."""
+    cos = np.array([[0.9, 0.0, 0.2], [0.8, 0.7, 0.1]])
+    order = matched_order(cos, np.array([True, True, True]), np.array([False, True]))
+    assert order.matched == [(1, 0), (0, 2)]
+    assert order.rows == [1, 0] and order.cols == [0, 2, 1]
+
+
 # --- report ---------------------------------------------------------------------------
 
 
@@ -177,8 +203,9 @@ def test_report_has_every_section_and_embeds_every_plot(run_dir: Path, report: s
 
 def test_report_contents(run_dir: Path, report: str) -> None:
     records = read_records(run_dir)
-    section = {sid: report.split(f'<section id="{sid}">')[1].split("</section>")[0]
-               for sid, _ in SECTIONS}  # fmt: skip
+    section = {
+        sid: report.split(f'<section id="{sid}">')[1].split("</section>")[0] for sid, _ in SECTIONS
+    }
     assert section["stance"].count("<tr>") == 1 + 2  # header + one row per twin
     assert "composed use=factored" in section["stance"]
     assert section["heatmaps"].count("sae-topk") >= 2 and "own rule" in section["heatmaps"]

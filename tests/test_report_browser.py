@@ -22,9 +22,18 @@ from tests.test_report import build_run_dir
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
 DRIVER = Path("/usr/bin/chromedriver")
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--disable-dev-shm-usage", "--window-size=1400,1000"]  # fmt: skip
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--window-size=1400,1000",
+]
 
 PAGE_STATE = """
 const imgs = Array.from(document.images);
@@ -104,9 +113,11 @@ def test_report_renders_every_section_and_image(driver: Any, tmp_path: Path) -> 
 def test_the_checks_catch_a_broken_image_and_a_console_error(driver: Any, tmp_path: Path) -> None:
     """Control: the same checks fail on a page with a broken image and a script error."""
     page = tmp_path / "broken.html"
-    page.write_text('<!DOCTYPE html><html><body><section id="x"><h2>x</h2>'
-                    '<img src="data:image/png;base64,iVBORw0KGgoAAAA=" alt="broken">'
-                    "<script>console.error('boom')</script></section></body></html>")  # fmt: skip
+    page.write_text(
+        '<!DOCTYPE html><html><body><section id="x"><h2>x</h2>'
+        '<img src="data:image/png;base64,iVBORw0KGgoAAAA=" alt="broken">'
+        "<script>console.error('boom')</script></section></body></html>"
+    )
     driver.get_log("browser")
     state = load(driver, page)
     assert [img["w"] for img in state["images"]] == [0]

@@ -1,4 +1,4 @@
-"""`data-structure`: the curve lives where the model does not read, and the twins agree bit for bit."""
+"""`data-structure`: the curve lies where the model does not read; the twins agree bit for bit."""
 
 from __future__ import annotations
 

@@ -46,9 +46,7 @@ def site_lines(site: str, gt: GroundTruth) -> list[str]:
     model = [n for n, m in zip(gt.names, gt.is_model, strict=True) if m]
     data = [n for n, m in zip(gt.names, gt.is_model, strict=True) if not m]
     k, d = gt.directions_KD.shape
-    lines = [
-        f"  site {site}: d={d}, {k} true features ({len(model)} model, {len(data)} data-only)"
-    ]
+    lines = [f"  site {site}: d={d}, {k} true features ({len(model)} model, {len(data)} data-only)"]
     lines += _wrapped("model:", model) + _wrapped("data-only:", data)
     if gt.groups is None:
         lines.append("    groups:    none")

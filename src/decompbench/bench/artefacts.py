@@ -166,15 +166,19 @@ def save_run_artefacts(
     tensors = run_tensors(method, gt, X_eval_ND, downstream)
     info: dict[str, Any] = dict(meta or {})
     info.update(
-        format=FORMAT, run_key=run_key, method=info.get("method", method.name),
-        access=method.access, directions=method.directions_kind,
-        feature_names=list(gt.names), is_model=list(gt.is_model),
+        format=FORMAT,
+        run_key=run_key,
+        method=info.get("method", method.name),
+        access=method.access,
+        directions=method.directions_kind,
+        feature_names=list(gt.names),
+        is_model=list(gt.is_model),
         groups=None if gt.groups is None else list(gt.groups),
         feature_firing_rate=(feats_NK != 0).float().mean(dim=0).tolist(),
         n_eval=int(X_eval_ND.shape[0]),
         downstream_output_norm=None if downstream is None else output_norm(downstream, X_eval_ND),
         tensors={k: list(v.shape) for k, v in tensors.items()},
-    )  # fmt: skip
+    )
     tensor_path, json_path = artefact_paths(out_dir, run_key)
     tensor_path.parent.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(tensor_path, save_tensors(tensors))
@@ -205,6 +209,12 @@ def load_run_artefacts(out_dir: Path, run_key: str) -> RunArtefacts | None:
     if len(meta.get("feature_names", [])) != k or t["firing_rate_M"].shape != (m,):
         raise UserError(f"{json_path}: artefact shapes disagree with its metadata")
     return RunArtefacts(
-        run_key, meta, t["directions_MD"], t["true_directions_KD"], t["alive_M"].bool(),
-        t["firing_rate_M"], t["mean_abs_M"], t.get("downstream_effect_M"),
-    )  # fmt: skip
+        run_key,
+        meta,
+        t["directions_MD"],
+        t["true_directions_KD"],
+        t["alive_M"].bool(),
+        t["firing_rate_M"],
+        t["mean_abs_M"],
+        t.get("downstream_effect_M"),
+    )

@@ -44,20 +44,32 @@ class Order:
     matched: list[tuple[int, int]]
 
 
+def match(cos_KM: np.ndarray, rows: list[int], cols: list[int]) -> dict[int, int]:
+    """Hungarian one-to-one matching of ``rows`` to ``cols`` maximising summed |cos|."""
+    if not rows or not cols:
+        return {}
+    r, c = linear_sum_assignment(cos_KM[np.ix_(rows, cols)], maximize=True)
+    return {rows[int(i)]: cols[int(j)] for i, j in zip(r, c, strict=True)}
+
+
 def matched_order(cos_KM: np.ndarray, alive_M: np.ndarray, model_K: np.ndarray) -> Order:
     """Hungarian matching of true features to alive latents, laid out on the diagonal.
 
-    Rows: matched features (model features first, each in ground-truth order), then the
-    unmatched ones. Columns: the matched latent of each matched row, then unmatched alive
-    latents by their nearest row, then dead latents.
+    Model features are matched first, as in the scores; data-only features are then
+    matched among the alive latents left over. Rows: matched features (model features
+    first, each in ground-truth order), then the unmatched ones. Columns: the matched
+    latent of each matched row, then unmatched alive latents by their nearest row, then
+    dead latents.
     """
     k, m = cos_KM.shape
     alive = [j for j in range(m) if alive_M[j]]
-    pairs: dict[int, int] = {}
-    if alive and k:
-        r, c = linear_sum_assignment(cos_KM[:, alive], maximize=True)
-        pairs = {int(i): alive[int(j)] for i, j in zip(r, c, strict=True)}
-    by_kind = sorted(range(k), key=lambda i: (not model_K[i], i))
+    model = [i for i in range(k) if model_K[i]]
+    pairs = match(cos_KM, model, alive)
+    taken = set(pairs.values())
+    pairs |= match(
+        cos_KM, [i for i in range(k) if not model_K[i]], [j for j in alive if j not in taken]
+    )
+    by_kind = model + [i for i in range(k) if not model_K[i]]
     rows = [i for i in by_kind if i in pairs] + [i for i in by_kind if i not in pairs]
     cols = [pairs[i] for i in rows if i in pairs]
     pos = {i: p for p, i in enumerate(rows)}
@@ -91,29 +103,54 @@ def heatmap_png(
     w = min(14.0, 2.8 + 0.34 * m)
     h = min(12.0, 1.6 + 0.3 * k)
     fig = Figure(figsize=(w, h))
-    grid = fig.add_gridspec(2, 3, width_ratios=[0.25, max(m, 1), 0.4], height_ratios=[0.25, max(k, 1)],
-                            wspace=0.02, hspace=0.02)  # fmt: skip
+    grid = fig.add_gridspec(
+        2,
+        3,
+        width_ratios=[0.25, max(m, 1), 0.4],
+        height_ratios=[0.25, max(k, 1)],
+        wspace=0.02,
+        hspace=0.02,
+    )
     ax = fig.add_subplot(grid[1, 1])
     im = ax.imshow(C, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto", interpolation="nearest")
-    col_of = {j: p for p, j in enumerate(order.cols)}
-    row_of = {i: p for p, i in enumerate(order.rows)}
-    for i, j in order.matched:
-        ax.add_patch(Rectangle((col_of[j] - 0.5, row_of[i] - 0.5), 1, 1, fill=False,
-                               edgecolor="white", linewidth=1.2))  # fmt: skip
+    outline_matches(ax, order)
     if k * m <= MAX_ANNOTATED:
-        for r in range(k):
-            for c in range(m):
-                v = float(C[r, c])
-                ax.text(c, r, f"{v:.2f}"[1:] if v < 1 else "1", ha="center", va="center",
-                        fontsize=7, color="black" if v > 0.6 else "white")  # fmt: skip
+        annotate(ax, C)
     ax_rows = fig.add_subplot(grid[1, 0])
     strip(ax_rows, [0 if model_K[i] else 1 for i in order.rows], True, [MODEL_COLOUR, DATA_COLOUR])
     label_axes(ax_rows, ax, [feature_names[i] for i in order.rows], [f"#{j}" for j in order.cols])
-    strip(fig.add_subplot(grid[0, 1]), [0 if alive_M[j] else 1 for j in order.cols], False,
-          ["#55a868", DEAD_COLOUR])  # fmt: skip
+    strip(
+        fig.add_subplot(grid[0, 1]),
+        [0 if alive_M[j] else 1 for j in order.cols],
+        False,
+        ["#55a868", DEAD_COLOUR],
+    )
     fig.colorbar(im, cax=fig.add_subplot(grid[1, 2]), label="|cos|")
     fig.suptitle(title, fontsize=10)
     return png(fig)
+
+
+def outline_matches(ax: Axes, order: Order) -> None:
+    """A white box around every Hungarian-matched cell."""
+    col_of = {j: p for p, j in enumerate(order.cols)}
+    row_of = {i: p for p, i in enumerate(order.rows)}
+    for i, j in order.matched:
+        corner = (col_of[j] - 0.5, row_of[i] - 0.5)
+        ax.add_patch(Rectangle(corner, 1, 1, fill=False, edgecolor="white", linewidth=1.2))
+
+
+def cell_text(v: float) -> str:
+    """Two decimals without the leading zero: ``.93``, ``1.00``."""
+    text = f"{v:.2f}"
+    return text[1:] if text.startswith("0") else text
+
+
+def annotate(ax: Axes, C: np.ndarray) -> None:
+    for r in range(C.shape[0]):
+        for c in range(C.shape[1]):
+            v = float(C[r, c])
+            colour = "black" if v > 0.6 else "white"
+            ax.text(c, r, cell_text(v), ha="center", va="center", fontsize=7, color=colour)
 
 
 def label_axes(ax_rows: Axes, ax: Axes, rows: list[str], cols: list[str]) -> None:
@@ -193,10 +230,11 @@ def twin_png(
         height = 0.8 / max(len(twins), 1)
         for t, twin in enumerate(twins):
             vals = [nan(v) for v in per_twin[metric][twin]]
-            ax.barh(y - 0.4 + height * (t + 0.5), vals, height, label=f"use={twin}",
-                    color=f"C{t}")  # fmt: skip
-        lows = [min((nan(per_twin[metric][tw][i]) for tw in twins), default=float("nan"))
-                for i in range(len(labels))]  # fmt: skip
+            ax.barh(y - 0.4 + height * (t + 0.5), vals, height, label=f"use={twin}", color=f"C{t}")
+        lows = [
+            min((nan(per_twin[metric][tw][i]) for tw in twins), default=float("nan"))
+            for i in range(len(labels))
+        ]
         ax.plot(lows, y, "k|", markersize=14, label="twin score (min)")
         ax.set_xlim(0, 1.02)
         ax.set_title(metric, fontsize=9)

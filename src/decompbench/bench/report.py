@@ -181,8 +181,10 @@ class Images:
         self.written.append(path)
         src = base64.b64encode(data).decode("ascii")
         cap = f"<figcaption>{caption}</figcaption>" if caption else ""
-        return (f'<figure><img src="data:image/png;base64,{src}" alt="{e(alt)}">{cap}'
-                f'<div class="file">plots/{e(path.name)}</div></figure>')  # fmt: skip
+        return (
+            f'<figure><img src="data:image/png;base64,{src}" alt="{e(alt)}">{cap}'
+            f'<div class="file">plots/{e(path.name)}</div></figure>'
+        )
 
     def drop_stale(self) -> None:
         """Remove PNGs of an earlier report that this one did not write."""
@@ -220,7 +222,8 @@ STANCE_CLASS = {"1": "s1", "2a": "s2a", "2b": "s2b"}
 def pick(entry: dict[str, Any] | None, names: Labeller) -> str:
     if entry is None:
         return "–"
-    return f"{e(names.method(entry['method'], entry['params']))}: {fmt(entry['score'], entry['chance'])}"
+    label = names.method(entry["method"], entry["params"])
+    return f"{e(label)}: {fmt(entry['score'], entry['chance'])}"
 
 
 def stance_section(records: list[Record], stances: list[dict[str, Any]]) -> str:
@@ -228,8 +231,12 @@ def stance_section(records: list[Record], stances: list[dict[str, Any]]) -> str:
         return "<p>No runs.</p>"
     th = stances[0]["thresholds"]
     names = Labeller(records)
-    short = {setting_label(Setting(r.method, r.method_params, r.access, (), {})):
-             names.method(r.method, r.method_params) for r in records}  # fmt: skip
+    short = {
+        setting_label(Setting(r.method, r.method_params, r.access, (), {})): names.method(
+            r.method, r.method_params
+        )
+        for r in records
+    }
     rows = []
     for s in stances:
         rel = s["relatedness"] or {}
@@ -240,14 +247,28 @@ def stance_section(records: list[Record], stances: list[dict[str, Any]]) -> str:
         stance = (
             f'<span class="badge {STANCE_CLASS.get(s["stance"], "sna")}">{e(s["stance"])}</span>'
         )
-        rows.append([
-            e(names.toy(s["toy"], s["toy_params"])), e(s["site"]), stance,
-            pick(s["best_activation_only"], names), pick(s["best_activation_only_oracle"], names),
-            fmt(rel.get("share3"), rel.get("chance")), pick(s["best_downstream_aware"], names),
-            f"{e(best[0])}: {fmt(best[1]['mcc_strict'])}" if best else "–",
-        ])  # fmt: skip
-    headers = ["toy", "site", "stance", "best act-only (own rule)", "act-only (oracle)",
-               "rel≤3 (chance)", "best downstream-aware (own rule)", "best twin strict"]  # fmt: skip
+        rows.append(
+            [
+                e(names.toy(s["toy"], s["toy_params"])),
+                e(s["site"]),
+                stance,
+                pick(s["best_activation_only"], names),
+                pick(s["best_activation_only_oracle"], names),
+                fmt(rel.get("share3"), rel.get("chance")),
+                pick(s["best_downstream_aware"], names),
+                f"{e(best[0])}: {fmt(best[1]['mcc_strict'])}" if best else "–",
+            ]
+        )
+    headers = [
+        "toy",
+        "site",
+        "stance",
+        "best act-only (own rule)",
+        "act-only (oracle)",
+        "rel≤3 (chance)",
+        "best downstream-aware (own rule)",
+        "best twin strict",
+    ]
     legend = (
         f"Score: <b>{e(str(th['score']))}</b>. Stance <b>(1)</b>: the best self-selected "
         f"activation-only method reaches {th['recover']} and beats chance by {th['margin']}; "
@@ -262,8 +283,10 @@ def scores_section(records: list[Record]) -> str:
     rows = []
     for (toy, site, method), runs in group_runs(records).items():
         ok = [r for r in runs if r.status == "ok"]
-        cells = [fmt(mean_metric(ok, k), mean_metric(ok, f"{k}_chance") if ch else None)
-                 for k, _, ch in COLUMNS]  # fmt: skip
+        cells = [
+            fmt(mean_metric(ok, k), mean_metric(ok, f"{k}_chance") if ch else None)
+            for k, _, ch in COLUMNS
+        ]
         access = "act-only" if runs[0].access == "activation_only" else "downstream"
         rows.append([e(toy), e(site), e(method), access, f"{len(ok)}/{len(runs)}", *cells])
     headers = ["toy", "site", "method", "access", "ok runs", *(h for _, h, _ in COLUMNS)]
@@ -282,28 +305,37 @@ def heatmap_figure(best: Best, names: Labeller, images: Images) -> str:
     score = r.metrics.get("mcc_strict")
     title = f"{where} — {label} (seed {r.seed}; strict MCC {fmt(score)})"
     model_K = np.array(art.is_model, dtype=bool)
-    data = plots.heatmap_png(best.cos_KM, art.feature_names, model_K, art.alive_M.numpy(),
-                             best.order, title)  # fmt: skip
+    data = plots.heatmap_png(
+        best.cos_KM, art.feature_names, model_K, art.alive_M.numpy(), best.order, title
+    )
     name = slug(f"heatmap-{where}-{label}", best.group.key + label)
     return images.tag(name, data, title, selection_note(best, names))
 
 
-BANDS = (" White boxes: the Hungarian matching. Left band: model feature (blue) or data-only "
-         "(orange); top band: latent alive (green) or dead (grey).")  # fmt: skip
+BANDS = (
+    " White boxes: the Hungarian matching (model features first, as in the scores; then "
+    "data-only features among the latents left over). Left band: model feature (blue) or data-only "
+    "(orange); top band: latent alive (green) or dead (grey)."
+)
 
 
 def selection_note(best: Best, names: Labeller) -> str:
     s, o = best.setting, best.oracle
-    text = (f"Setting chosen by the method's own rule (sparsest with FVU ≤ "
-            f"{Thresholds().fvu_target}, else lowest FVU), shown at seed {best.record.seed}.")  # fmt: skip
+    text = (
+        f"Setting chosen by the method's own rule (sparsest with FVU ≤ "
+        f"{Thresholds().fvu_target}, else lowest FVU), shown at seed {best.record.seed}."
+    )
     if setting_label(s) != setting_label(o):
-        text += (f" The oracle (best strict MCC, using the ground truth) would pick "
-                 f"{e(names.method(o.method, o.params))}: {fmt(o.get('mcc_strict'))}.")  # fmt: skip
+        text += (
+            f" The oracle (best strict MCC, using the ground truth) would pick "
+            f"{e(names.method(o.method, o.params))}: {fmt(o.get('mcc_strict'))}."
+        )
     return text + BANDS
 
 
-def heatmaps_section(groups: list[Group], bests: dict[str, list[Best]], names: Labeller,
-                     images: Images) -> str:  # fmt: skip
+def heatmaps_section(
+    groups: list[Group], bests: dict[str, list[Best]], names: Labeller, images: Images
+) -> str:
     parts = []
     for g in groups:
         figs = "".join(heatmap_figure(b, names, images) for b in bests[g.key])
@@ -319,9 +351,15 @@ def sweeps_section(groups: list[Group], names: Labeller, images: Images, th: Thr
         for s in settings_of(g.rows):
             l0 = s.get("l0")
             if l0 is not None:
-                series[s.method].append(plots.Point(
-                    l0, s.get(th.score), s.get(f"{th.score}_chance"), s.get("fvu"),
-                    names.method(s.method, s.params)))  # fmt: skip
+                series[s.method].append(
+                    plots.Point(
+                        l0,
+                        s.get(th.score),
+                        s.get(f"{th.score}_chance"),
+                        s.get("fvu"),
+                        names.method(s.method, s.params),
+                    )
+                )
         if not series:
             continue
         title = f"{g.title(names)}: one point per setting, mean over seeds"
@@ -363,18 +401,30 @@ def twins_section(groups: list[Group], names: Labeller, images: Images, th: Thre
         }
         toy, params, site = json.loads(key)
         title = f"{names.toy(toy, params)} @ {site}: score on each twin ({TWIN_KEY}=...)"
-        rows = [[e(lab), *(fmt(scores[o]["per_twin"][u]["mcc_strict"]) for u in sorted(twins)),
-                 fmt(scores[o]["mcc_strict"]), fmt(scores[o]["mcc"])]
-                for lab, o in zip(labels, order, strict=True)]  # fmt: skip
-        headers = ["method", *(f"strict, {TWIN_KEY}={e(u)}" for u in sorted(twins)),
-                   "twin strict (min)", "twin MCC (min)"]  # fmt: skip
+        rows = [
+            [
+                e(lab),
+                *(fmt(scores[o]["per_twin"][u]["mcc_strict"]) for u in sorted(twins)),
+                fmt(scores[o]["mcc_strict"]),
+                fmt(scores[o]["mcc"]),
+            ]
+            for lab, o in zip(labels, order, strict=True)
+        ]
+        headers = [
+            "method",
+            *(f"strict, {TWIN_KEY}={e(u)}" for u in sorted(twins)),
+            "twin strict (min)",
+            "twin MCC (min)",
+        ]
         fig = images.tag(
             slug(f"twins-{toy}-{site}", key), plots.twin_png(labels, per, title), title
         )
         parts.append(f"<h3>{e(title)}</h3>{fig}{table(headers, rows, 'twins')}")
-    note = ('<p class="note">Twins have identical activations and differ only downstream: an '
-            "activation-only method learns the same dictionary on both, so it can be right "
-            "about at most one of them. Twin score = the lower of the two.</p>")  # fmt: skip
+    note = (
+        '<p class="note">Twins have identical activations and differ only downstream: an '
+        "activation-only method learns the same dictionary on both, so it can be right "
+        "about at most one of them. Twin score = the lower of the two.</p>"
+    )
     return note + ("".join(parts) or "<p>No toy was run on both twins.</p>")
 
 
@@ -388,7 +438,8 @@ def card(art: RunArtefacts, j: int, cos_KM: np.ndarray, matched: dict[int, int])
     eff = "–" if art.downstream_effect_M is None else f"{float(art.downstream_effect_M[j]):.3g}"
     scale = art.meta.get("downstream_output_norm")
     if art.downstream_effect_M is not None and scale:
-        eff += f" <span class='ch'>({100 * float(art.downstream_effect_M[j]) / scale:.0f}% of |y|)</span>"
+        share = 100 * float(art.downstream_effect_M[j]) / scale
+        eff += f" <span class='ch'>({share:.0f}% of |y|)</span>"
     return (
         f'<div class="card"><div class="lat">#{j}</div>'
         f'<div>nearest <b>{e(names[i])}</b> <span class="tag {kind}">{kind}</span></div>'
@@ -402,7 +453,8 @@ def card(art: RunArtefacts, j: int, cos_KM: np.ndarray, matched: dict[int, int])
 def latent_cards(best: Best, names: Labeller) -> str:
     art, order = best.artefacts, best.order
     r = best.record
-    head = f"<h4>{e(best.group.title(names))} — {e(names.method(r.method, r.method_params))} (seed {r.seed})</h4>"
+    label = names.method(r.method, r.method_params)
+    head = f"<h4>{e(best.group.title(names))} — {e(label)} (seed {r.seed})</h4>"
     if art is None or order is None:
         return head + f'<div class="missing">{e(best.problem or "no latents")}</div>'
     matched = {j: i for i, j in order.matched}
@@ -421,16 +473,27 @@ def latent_cards(best: Best, names: Labeller) -> str:
 
 
 def latents_section(all_bests: list[Best], names: Labeller) -> str:
-    note = ('<p class="note">Latents of the runs shown in the heatmaps, in heatmap order. '
-            "Downstream effect: mean over evaluation samples of the change (L2) of the "
-            "network's output when the latent is zeroed in the spliced reconstruction.</p>")  # fmt: skip
+    note = (
+        '<p class="note">Latents of the runs shown in the heatmaps, in heatmap order. '
+        "Downstream effect: mean over evaluation samples of the change (L2) of the "
+        "network's output when the latent is zeroed in the spliced reconstruction.</p>"
+    )
     return note + ("".join(latent_cards(b, names) for b in all_bests) or "<p>No runs.</p>")
 
 
 def failed_section(records: list[Record], names: Labeller) -> str:
-    rows = [[str(line), e(names.toy(r.toy, r.toy_params)), e(r.site),
-             e(names.method(r.method, r.method_params)), str(r.seed), f"<code>{e(r.error or '')}</code>"]
-            for line, r in enumerate(records, start=1) if r.status == "failed"]  # fmt: skip
+    rows = [
+        [
+            str(line),
+            e(names.toy(r.toy, r.toy_params)),
+            e(r.site),
+            e(names.method(r.method, r.method_params)),
+            str(r.seed),
+            f"<code>{e(r.error or '')}</code>",
+        ]
+        for line, r in enumerate(records, start=1)
+        if r.status == "failed"
+    ]
     if not rows:
         return "<p>No failed runs.</p>"
     return table(["line", "toy", "site", "method", "seed", "error"], rows, "failed")
@@ -506,5 +569,8 @@ def write_report(out_dir: Path) -> Path:
     if not out_dir.is_dir():
         raise UserError(f"{out_dir}: not a directory (expected a decompbench run directory)")
     path = out_dir / REPORT
-    write_text_atomic(path, render(out_dir))
+    try:
+        write_text_atomic(path, render(out_dir))
+    except OSError as err:
+        raise UserError(f"{out_dir}: cannot write the report: {err.strerror or err}") from None
     return path

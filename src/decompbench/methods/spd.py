@@ -28,6 +28,7 @@ import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from pydantic import Field, field_validator
@@ -61,7 +62,11 @@ class SPDParams(TrainParams):
     p: float = Field(default=1.0, gt=0)
     layerwise: float = Field(default=1.0, ge=0)
     faithfulness: float = Field(default=1.0, ge=0)
+    simplicity: float = Field(default=0.0, ge=0, description="weight of sum_c |U_c||V_c|")
     ci_hidden: int = Field(default=16, ge=1)
+    ci_fn: Literal["scalar", "vector"] = Field(
+        default="vector", description="importance from the inner activation or the layer input"
+    )
     warmup_steps: int = Field(default=200, ge=0)
     recon_tol: float = Field(default=0.02, gt=0, description="selection: max held-out error")
     holdout_frac: float = Field(default=0.1, gt=0, lt=1)
@@ -102,7 +107,9 @@ def upper_leaky_hard_sigmoid(x: Tensor) -> Tensor:
 class LinearComponents(nn.Module):
     """C rank-1 subcomponents of one linear layer, with one causal-importance MLP each."""
 
-    def __init__(self, target: nn.Linear, C: int, hidden: int, gen: torch.Generator) -> None:
+    def __init__(
+        self, target: nn.Linear, C: int, hidden: int, vector_ci: bool, gen: torch.Generator
+    ) -> None:
         super().__init__()
         W_OI = target.weight.detach()
         d_out, d_in = W_OI.shape
@@ -112,7 +119,10 @@ class LinearComponents(nn.Module):
         U_CO /= U_CO.norm(dim=1, keepdim=True)
         U_CO *= torch.einsum("co,oi,ic->c", U_CO, W_OI, V_IC)[:, None]  # SPD's init
         self.V_IC, self.U_CO = nn.Parameter(V_IC), nn.Parameter(U_CO)
-        self.w1_CH = nn.Parameter(torch.randn(C, hidden, generator=gen) * math.sqrt(2.0))
+        fan_in = d_in if vector_ci else 1
+        w1 = torch.randn(C, fan_in, hidden, generator=gen) * math.sqrt(2.0 / fan_in)
+        self.w1_CFH = nn.Parameter(w1)
+        self.vector_ci = vector_ci
         self.b1_CH = nn.Parameter(torch.zeros(C, hidden))
         self.w2_CH = nn.Parameter(torch.randn(C, hidden, generator=gen) / math.sqrt(hidden))
         self.b2_C = nn.Parameter(torch.zeros(C))
@@ -122,8 +132,14 @@ class LinearComponents(nn.Module):
     def inner(self, x: Tensor) -> Tensor:
         return x @ self.V_IC
 
-    def ci_pre(self, inner: Tensor) -> Tensor:
-        h = nn.functional.gelu(inner[..., None] * self.w1_CH + self.b1_CH)
+    def ci_pre(self, x: Tensor) -> Tensor:
+        """Causal-importance pre-activations [..., C]: from each inner activation alone
+        (scalar MLPs, as in the SPD paper) or from the whole layer input (vector MLPs)."""
+        if self.vector_ci:
+            pre = torch.einsum("...i,cih->...ch", x, self.w1_CFH)
+        else:
+            pre = self.inner(x)[..., None] * self.w1_CFH[:, 0, :]
+        h = nn.functional.gelu(pre + self.b1_CH)
         return (h * self.w2_CH).sum(dim=-1) + self.b2_C
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
@@ -137,6 +153,10 @@ class LinearComponents(nn.Module):
     def weight_norms(self) -> Tensor:
         return self.V_IC.norm(dim=0) * self.U_CO.norm(dim=1)
 
+    def simplicity(self) -> Tensor:
+        """Sum of the subcomponents' norms over the nuclear norm of W (>= 1; = 1 at best)."""
+        return self.weight_norms().sum() / torch.linalg.matrix_norm(self.W_OI, "nuc")
+
 
 @dataclass(frozen=True)
 class LossWeights:
@@ -144,13 +164,14 @@ class LossWeights:
     p: float
     layerwise: float
     faithfulness: float
+    simplicity: float
 
 
 class SPDModel(nn.Module):
     """Subcomponents of the chosen linear layers of a frozen downstream network."""
 
     def __init__(
-        self, site: DownstreamSite, names: list[str], C: int | None, hidden: int, seed: int
+        self, site: DownstreamSite, names: list[str], p: SPDParams, seed: int
     ) -> None:
         super().__init__()
         gen = generator(seed, "method/spd/init")
@@ -160,13 +181,13 @@ class SPDModel(nn.Module):
         for name in names:
             lin = linears[name]
             assert isinstance(lin, nn.Linear)
-            c = C or 2 * max(lin.in_features, lin.out_features)
-            self.comps.append(LinearComponents(lin, c, hidden, gen))
+            c = p.components or 2 * max(lin.in_features, lin.out_features)
+            self.comps.append(LinearComponents(lin, c, p.ci_hidden, p.ci_fn == "vector", gen))
         self.linears = [linears[n] for n in names]
         self.holder = (site.downstream,)  # a tuple keeps the frozen network out of parameters()
         self.kind: OutputKind = site.output_kind
         self.scale = 1.0
-        self.weights = LossWeights(0.0, 1.0, 1.0, 1.0)
+        self.weights = LossWeights(0.0, 1.0, 1.0, 1.0, 0.0)
         self.mask_gen = generator(seed, "method/spd/masks")
         self._inputs: dict[int, Tensor] = {}
         self._masks: dict[int, Tensor] = {}
@@ -203,7 +224,7 @@ class SPDModel(nn.Module):
         self._inputs = {}
         with torch.no_grad():
             out = self.run(x_BD, {})
-        pres = [c.ci_pre(c.inner(self._inputs[i])) for i, c in enumerate(self.comps)]
+        pres = [c.ci_pre(self._inputs[i]) for i, c in enumerate(self.comps)]
         return out, pres
 
     def stochastic_masks(self, pres: list[Tensor]) -> list[Tensor]:
@@ -225,7 +246,10 @@ class SPDModel(nn.Module):
             total = total * (1 + w.layerwise)
         faith = sum(c.faithfulness() for c in self.comps)
         minimal = sum((upper_leaky_hard_sigmoid(p) + EPS).pow(w.p).sum(-1).mean() for p in pres)
-        return total + w.faithfulness * faith + w.importance * minimal  # type: ignore[return-value]
+        total = total + w.faithfulness * faith + w.importance * minimal
+        if w.simplicity > 0:
+            total = total + w.simplicity * sum(c.simplicity() for c in self.comps)
+        return total  # type: ignore[return-value]
 
     def after_step(self) -> None:
         pass
@@ -301,20 +325,29 @@ class SPD(Decomposition):
         self.chosen = choose_sparsest(errors, self.params.recon_tol)
         self.model = fits[self.chosen]
         self.reader_idx = [names.index(n) for n in readers]
+        self.reads_IC = [self._folded_reads(i, ds.acts_ND) for i in self.reader_idx]
         self.readout = Readout.fit(self.encode(ds.acts_ND), ds.acts_ND)
+
+    @torch.no_grad()
+    def _folded_reads(self, i: int, x_ND: Tensor) -> Tensor:
+        """Read vectors [in, C] after folding never-important subcomponents into the rest."""
+        comp = self.model.comps[i]
+        assert isinstance(comp, LinearComponents)
+        alive_C = (comp.ci_pre(x_ND) > 0).any(dim=0)
+        return fold_dead(comp.W_OI, comp.V_IC.detach(), comp.U_CO.detach(), alive_C)
 
     def _fit_one(
         self, ds: DownstreamSite, names: list[str], x_ND: Tensor, coef: float, seed: int
     ) -> SPDModel:
         p = self.params
-        model = SPDModel(ds, names, p.components, p.ci_hidden, seed)
+        model = SPDModel(ds, names, p, seed)
         with model.attached(), torch.no_grad():
             model.scale = output_scale(model.run(x_ND, {}), ds.output_kind)
         label = f"spd @ {ds.name} (importance {coef:g})"
         if p.warmup_steps:
             warm = TrainParams(steps=p.warmup_steps, lr=1e-2, batch_size=p.batch_size)
             train(_Warmup(model), x_ND, warm, seed, f"{label} warm-up")
-        model.weights = LossWeights(coef, p.p, p.layerwise, p.faithfulness)
+        model.weights = LossWeights(coef, p.p, p.layerwise, p.faithfulness, p.simplicity)
         with model.attached():
             train(model, x_ND, p, seed, label)
         return model
@@ -322,11 +355,9 @@ class SPD(Decomposition):
     @torch.no_grad()
     def encode(self, acts_ND: Tensor) -> Tensor:
         zs = []
-        for i in self.reader_idx:
-            comp = self.model.comps[i]
-            assert isinstance(comp, LinearComponents)
-            g = comp.ci_pre(comp.inner(acts_ND)).clamp(0, 1)
-            zs.append(g * (acts_ND @ comp.V_IC) / comp.V_IC.norm(dim=0).clamp_min(EPS))
+        for i, V_IC in zip(self.reader_idx, self.reads_IC, strict=True):
+            g = self.model.comps[i].ci_pre(acts_ND).clamp(0, 1)
+            zs.append(g * (acts_ND @ V_IC) / V_IC.norm(dim=0).clamp_min(EPS))
         return torch.cat(zs, dim=1)
 
     @torch.no_grad()
@@ -335,7 +366,24 @@ class SPD(Decomposition):
 
     @torch.no_grad()
     def directions(self) -> Tensor:
-        vs = [self.model.comps[i].V_IC.T for i in self.reader_idx]
-        v = torch.cat(vs, dim=0).detach()
+        v = torch.cat([V_IC.T for V_IC in self.reads_IC], dim=0)
         return v / v.norm(dim=1, keepdim=True).clamp_min(EPS)
 
+
+
+def fold_dead(W_OI: Tensor, V_IC: Tensor, U_CO: Tensor, alive_C: Tensor) -> Tensor:
+    """Read vectors with the weight of never-important subcomponents folded into the alive.
+
+    Subcomponents that are never causally important can still hold weight (directions
+    the data never excites, where nothing checks them). Dropping them and correcting the
+    alive read vectors by the least-norm ``dV`` with ``U_A^T (V_A + dV)^T = W`` makes the
+    alive subcomponents alone sum to ``W`` as closely as their write vectors allow.
+    """
+    V = V_IC.clone()
+    if not bool(alive_C.any()):
+        return V
+    U_AO, V_IA = U_CO[alive_C], V_IC[:, alive_C]
+    resid_OI = W_OI - U_AO.T @ V_IA.T
+    dV_AI = torch.linalg.pinv(U_AO.T.double(), rtol=1e-6) @ resid_OI.double()
+    V[:, alive_C] = V_IA + dV_AI.T.float()
+    return V

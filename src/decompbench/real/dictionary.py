@@ -14,12 +14,14 @@ scored but not written.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
+from pydantic import Field
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from decompbench.config import StrictModel, validate
 from decompbench.errors import UserError
 from decompbench.methods.base import Decomposition, build_method
 from decompbench.methods.sae import SAEMethod
@@ -85,12 +87,21 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise UserError(f"cannot read {path}: {' '.join(str(err).split())}") from None
 
 
+class DictionaryMeta(StrictModel):
+    """The contents of ``dictionary.json``."""
+
+    format: Literal["decompbench-dictionary/1"]
+    method: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    d: int = Field(ge=1)
+    width: int = Field(ge=1)
+    site: dict[str, Any] = Field(default_factory=dict)
+
+
 def load_dictionary(folder: Path) -> tuple[SAEMethod, dict[str, Any]]:
     """The fitted method stored in ``folder`` and its metadata."""
-    meta = read_json(folder / META, "dictionary metadata")
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise UserError(f"{folder / META} is not a decompbench dictionary")
     where = str(folder / META)
-    method = empty_sae(str(meta.get("method")), meta.get("params"), int(meta["d"]), where)
+    meta = validate(DictionaryMeta, read_json(folder / META, "dictionary metadata"), where)
+    method = empty_sae(meta.method, meta.params, meta.d, where)
     load_state(method, read_tensors(folder / WEIGHTS), str(folder / WEIGHTS))
-    return method, meta
+    return method, meta.model_dump()

@@ -23,7 +23,8 @@ from torch import Tensor
 
 from decompbench import metrics as M
 from decompbench.methods.base import Decomposition
-from decompbench.real.sites import RealSite, flatten_rows, unflatten_rows
+from decompbench.metrics.reconstruction import active
+from decompbench.real.sites import RealSite, constant, flatten_rows, unflatten_rows
 
 
 def next_token_ce(logits_STV: Tensor, tokens_ST: Tensor) -> Tensor:
@@ -49,7 +50,7 @@ def dense_frac(Z_NM: Tensor, dense_rate: float = 0.5) -> float:
     """Share of latents firing on more than ``dense_rate`` of the samples."""
     if Z_NM.shape[1] == 0:
         return 0.0
-    return float((M.active(Z_NM).double().mean(dim=0) > dense_rate).double().mean())
+    return float((active(Z_NM).double().mean(dim=0) > dense_rate).double().mean())
 
 
 def reconstruction_scores(X_ND: Tensor, Z_NM: Tensor, Xhat_ND: Tensor) -> dict[str, float]:
@@ -99,9 +100,11 @@ def real_scores(
     for acts_ND, tokens_ST in shards:
         z = method.encode(acts_ND)
         xhat_STD = unflatten_rows(method.decode(z), tokens_ST.shape[1])
-        X.append(acts_ND), Z.append(z), Xhat.append(flatten_rows(xhat_STD))
+        X.append(acts_ND)
+        Z.append(z)
+        Xhat.append(flatten_rows(xhat_STD))
         clean = site.logits(tokens_ST)
-        spliced = site.logits(tokens_ST, lambda _v, r=xhat_STD: r)
+        spliced = site.logits(tokens_ST, constant(xhat_STD))
         zero = site.logits(tokens_ST, torch.zeros_like)
         sums.add(tokens_ST, clean, spliced, zero)
     out = reconstruction_scores(torch.cat(X), torch.cat(Z), torch.cat(Xhat))

@@ -36,6 +36,8 @@ from torch import Tensor
 from decompbench.errors import UserError
 from decompbench.methods.base import Decomposition
 from decompbench.methods.sae import SAEMethod, SparseAutoencoder
+from decompbench.methods.sae_batchtopk import BatchTopKSAE
+from decompbench.methods.sae_jumprelu import JumpReLUSAE
 from decompbench.real.dictionary import empty_sae, load_state, read_tensors, require_sae
 from decompbench.real.store import read_json, save_atomic, write_json_atomic
 
@@ -56,12 +58,13 @@ def _topk_cfg(m: SAEMethod) -> dict[str, Any]:
 
 
 def _global_threshold(sae: SparseAutoencoder) -> Tensor:
-    width = sae.W_dec_MD.shape[0]
-    return sae.threshold.clamp_min(0).expand(width).clone()  # type: ignore[operator]
+    assert isinstance(sae, BatchTopKSAE)  # Matryoshka SAEs subclass it
+    return sae.threshold.clamp_min(0).expand(sae.W_dec_MD.shape[0]).clone()
 
 
 def _own_threshold(sae: SparseAutoencoder) -> Tensor:
-    return sae.threshold_M.detach().clone()  # type: ignore[attr-defined]
+    assert isinstance(sae, JumpReLUSAE)
+    return sae.threshold_M.detach().clone()
 
 
 @dataclass(frozen=True)
@@ -96,7 +99,8 @@ def _topk_params(cfg: dict[str, Any]) -> dict[str, Any]:
 
 def _set_log_threshold(sae: SparseAutoencoder, threshold_M: Tensor) -> None:
     # relu(pre) * (pre > t) == pre * (pre > max(t, 0)); log 0 = -inf is a plain ReLU.
-    sae.log_threshold_M.data.copy_(threshold_M.float().clamp_min(0).log())  # type: ignore[operator]
+    assert isinstance(sae, JumpReLUSAE)
+    sae.log_threshold_M.data.copy_(threshold_M.float().clamp_min(0).log())
 
 
 @dataclass(frozen=True)
@@ -173,7 +177,7 @@ def check_cfg(cfg: Any, where: str) -> Import:
     """Validate a SAELens cfg.json (one-line errors) and return its ``Import`` entry."""
     if not isinstance(cfg, dict):
         raise UserError(f"{where}: not a JSON object")
-    meta = cfg.get("metadata") if isinstance(cfg.get("metadata"), dict) else {}
+    meta: dict[str, Any] = cfg["metadata"] if isinstance(cfg.get("metadata"), dict) else {}
     version = cfg.get("sae_lens_version") or meta.get("sae_lens_version")
     if version is None or _version(version) < (6,):
         raise UserError(

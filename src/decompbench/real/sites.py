@@ -260,6 +260,15 @@ class RealSite:
         )
 
 
+def constant(value_STD: Tensor) -> Replace:
+    """A ``Replace`` that puts ``value_STD`` at the hook point, whatever was there."""
+
+    def replace(_old: Tensor) -> Tensor:
+        return value_STD
+
+    return replace
+
+
 def _logits(model: nn.Module, tokens_ST: Tensor) -> Tensor:
     return model(input_ids=tokens_ST).logits
 
@@ -300,6 +309,6 @@ class RealDownstream(nn.Module):
         outs = []
         for i in range(0, S, self.batch_seqs):
             part = acts_STD[i : i + self.batch_seqs]
-            logits = self.site.logits(self.tokens_ST[i : i + self.batch_seqs], lambda _v, p=part: p)
+            logits = self.site.logits(self.tokens_ST[i : i + self.batch_seqs], constant(part))
             outs.append(flatten_rows(logits))
         return torch.cat(outs)

@@ -34,7 +34,7 @@ def char_tokenizer() -> Any:
     return tf.PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<eos>", unk_token="<unk>")
 
 
-def fit_lm(model: Any, tokens_ST: Tensor, steps: int, seed: int, lr: float = 3e-3) -> None:
+def fit_lm(model: Any, tokens_ST: Tensor, steps: int, seed: int, lr: float = 1e-2) -> None:
     """A few Adam steps of next-token training on random batches of 16 windows."""
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     g = generator(seed, "real/tiny-gpt2/batches")

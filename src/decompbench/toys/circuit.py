@@ -23,8 +23,9 @@ What it models
     range so every gate is exact: an AND of k inputs sums to >= k lo when true and
     <= (k-1) hi when false, so theta = ((k-1) hi + k lo) / 2, which exists only when
     (k-1) hi < k lo (otherwise the parameters are rejected); an OR sums to >= lo when true
-    and to 0 when false, so theta = lo / 2. The gain 1 / (true minimum - theta) makes a
-    true gate output exactly 1 and a false one exactly 0.
+    and to 0 when false, so theta = lo / 2. The gain 2 / (true minimum - theta) sends the
+    true minimum to 2 and the false maximum to -2 before the clamp, so a true gate
+    outputs exactly 1 and a false one exactly 0, with room to spare for float round-off.
 
 Ground truth (why it is the truth)
     * ``l0``: the input directions e_i, activations m_i. Model features are the inputs
@@ -53,7 +54,7 @@ GATE_RE = re.compile(r"^\d+([&|]\d+)+$")
 
 
 def parse_gate(text: str) -> tuple[str, tuple[int, ...]]:
-    """"0&2&5" -> ("and", (0, 2, 5)); "1|3" -> ("or", (1, 3)). One operator per gate."""
+    """ "0&2&5" -> ("and", (0, 2, 5)); "1|3" -> ("or", (1, 3)). One operator per gate."""
     spec = text.replace(" ", "")
     if not GATE_RE.match(spec) or ("&" in spec and "|" in spec):
         raise ValueError(f"gate '{text}' must look like '0&2' or '1|3|4' (one operator)")
@@ -106,10 +107,11 @@ class CircuitParams(StrictModel):
 
 
 def gate_threshold(op: str, k: int, lo: float, hi: float) -> tuple[float, float]:
-    """(theta, gain): theta halfway between the false maximum and the true minimum."""
+    """(theta, gain): theta halfway between the false maximum and the true minimum, and a
+    gain that maps them to +2 and -2 (saturating the clamp with margin)."""
     true_min, false_max = (k * lo, (k - 1) * hi) if op == "and" else (lo, 0.0)
     theta = 0.5 * (true_min + false_max)
-    return theta, 1.0 / (true_min - theta)
+    return theta, 2.0 / (true_min - theta)
 
 
 @register_toy("circuit")
@@ -117,6 +119,8 @@ class Circuit(Toy):
     summary = "superposed sparse inputs -> exact AND/OR gates -> readout; true cross-layer edges"
     Params = CircuitParams
     params: CircuitParams
+    dirs_l0_ID: Tensor  # buffer: input feature directions at l0
+    dirs_l1_GD: Tensor  # buffer: gate directions at l1
 
     def __init__(self, params: CircuitParams, seed: int) -> None:
         super().__init__(params, seed)

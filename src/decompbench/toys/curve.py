@@ -140,6 +140,7 @@ class Curve(Toy):
     summary = "closed curve in 10-D; the next layer reads 100 directions, dense on one arc"
     Params = CurveParams
     params: CurveParams
+    axes_AD: Tensor  # buffer: the curve's cos / sin axes, scaled by alpha_f
 
     def __init__(self, params: CurveParams, seed: int) -> None:
         super().__init__(params, seed)
@@ -190,7 +191,9 @@ class Curve(Toy):
 
     def ground_truth(self, site: str) -> GroundTruth:
         self.check_site(site)
-        w_UD = self.units[0].weight.data
+        lin = self.units[0]
+        assert isinstance(lin, nn.Linear)
+        w_UD = lin.weight.data
         dirs = w_UD / w_UD.norm(dim=1, keepdim=True)
         names = tuple(f"unit{j}@{float(s):.3f}" for j, s in enumerate(self.positions))
         return GroundTruth(dirs, names, (True,) * len(names))

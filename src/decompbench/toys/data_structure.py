@@ -55,7 +55,7 @@ class DataStructureParams(StrictModel):
     d_model: int = Field(default=10, ge=2)
     n_read: int = Field(default=4, ge=1, description="coordinates read by use=coordinates")
     freqs_read: list[int] = Field(default=[1, 2], min_length=1)
-    freqs_unread: list[int] = [3, 5, 7]
+    freqs_unread: list[int] = Field(default=[3, 5, 7])
     unread_scale: float = Field(default=3.0, gt=0)
     use: Literal["coordinates", "curve"] = "coordinates"
 
@@ -94,6 +94,9 @@ class DataStructure(Toy):
     summary = "inputs on an intricate closed curve; the model reads coordinates independently"
     Params = DataStructureParams
     params: DataStructureParams
+    fourier_CD: Tensor  # buffer: rows 2c, 2c+1 are the cos / sin axes of component c
+    semi_axes_C: Tensor  # buffer: the semi-axis of each axis (A_c, B_c interleaved)
+    phases: Tensor  # buffer: phi_c
 
     def __init__(self, params: DataStructureParams, seed: int) -> None:
         super().__init__(params, seed)

@@ -118,7 +118,9 @@ class Square(Toy):
         lo, hi = self.params.interval
         x_N1 = lo + (hi - lo) * torch.rand(n, 1, generator=generator(seed, "square/sample"))
         h = self.acts("hidden", x_N1)
-        return Batch(inputs=x_N1, features={"hidden": h @ self.ground_truth("hidden").directions_KD.T})
+        return Batch(
+            inputs=x_N1, features={"hidden": h @ self.ground_truth("hidden").directions_KD.T}
+        )
 
     def acts(self, site: str, inputs: Tensor) -> Tensor:
         self.check_site(site)

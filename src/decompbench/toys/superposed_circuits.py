@@ -93,6 +93,9 @@ class SuperposedCircuits(Toy):
     summary = "2N exact small functions on N shared neurons, written into a narrow residual"
     Params = SuperposedCircuitsParams
     params: SuperposedCircuitsParams
+    embed_ID: Tensor  # buffer: input directions in the residual stream
+    out_FD: Tensor  # buffer: each function's output direction o_i
+    c_FN: Tensor  # buffer: each function's weights over the neurons
 
     def __init__(self, params: SuperposedCircuitsParams, seed: int) -> None:
         super().__init__(params, seed)
@@ -106,7 +109,9 @@ class SuperposedCircuits(Toy):
         self.register_buffer("embed_ID", q_DD.T.repeat_interleave(2, dim=0) * sign[:, None])
         out_FD = torch.randn(self.n_functions, d, generator=g)
         self.register_buffer("out_FD", out_FD / out_FD.norm(dim=1, keepdim=True))
-        self.register_buffer("c_FN", torch.block_diag(*[function_weights(k, p.neurons_per_function)] * self.n_inputs))
+        self.register_buffer(
+            "c_FN", torch.block_diag(*[function_weights(k, p.neurons_per_function)] * self.n_inputs)
+        )
         self.mlp_in = nn.Linear(d, self.n_neurons)
         self.mlp_in.weight.data = self.embed_ID.repeat_interleave(k, dim=0).clone()
         self.mlp_in.bias.data = -knots(k).repeat(self.n_inputs)
