@@ -19,6 +19,11 @@ FAST: dict[str, dict[str, Any]] = {
     "ica": {"max_iter": 200},
     "nmf": {"signs": "split", "iters": 150, "encode_iters": 100},
     "direct-sum": {"dep_samples": 1024, "kmeans_restarts": 1},
+    "spd": {"importance": 0.01, "steps": 300, "warmup_steps": 50, "batch_size": 64},
+    "transcoder": {"width": 12, "steps": 300, "batch_size": 64},
+    "transcoder-skip": {"width": 12, "steps": 300, "batch_size": 64},
+    "sae-e2e": {"width": 8, "steps": 300, "batch_size": 64, "lr": 0.01},
+    "sae-e2e-ds": {"width": 8, "steps": 300, "batch_size": 64, "lr": 0.01},
 }
 
 

@@ -39,6 +39,13 @@ def test_describe_prints_edges_grouped_by_target(capsys: pytest.CaptureFixture[s
     assert "l1.0&2 <- l0.x0, l0.x2" in out and "l1.4|9 <- l0.x4, l0.x9" in out
 
 
+def test_describe_groups_fanning_out_edges_by_source(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(["superposed-circuits"], capsys)
+    assert code == 0
+    assert "site neurons: d=48, 96 true features (96 model, 0 data-only)" in out
+    assert "edges: 96" in out and "resid.x0 -> neurons.f0.0, neurons.f0.1," in out
+
+
 @pytest.mark.parametrize(
     ("argv", "fragment"),
     [

@@ -178,7 +178,7 @@ def test_batch_topk_keeps_k_times_batch_largest() -> None:
 
 
 def test_batchtopk_inference_threshold_gives_about_k_active() -> None:
-    dirs, _, X = planted_nonneg()
+    _, _, X = planted_nonneg()
     m = build_method("sae-batchtopk", {**SAE, "k": 2})
     m.fit(ActivationSite("x", X), seed=0)
     assert float(m.sae.threshold) > 0

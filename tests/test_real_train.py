@@ -109,3 +109,16 @@ def test_bad_train_real_input_is_one_line_exit_2(
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert match in err and "\n" not in err
+
+
+def test_a_non_sae_method_is_fitted_in_memory_and_scored_without_a_dictionary(
+    model: Path, data_file: Path, tmp_path: Path
+) -> None:
+    args = train_args(model, data_file, tmp_path / "pca", "--store", str(tmp_path / "acts"))
+    i = args.index("--method")
+    args[i : i + len(SAE)] = ["--method", "pca", "--params", "width=32"]
+    assert main(args) == 0
+    record = json.loads((tmp_path / "pca" / "metrics.json").read_text())
+    assert record["dictionary_saved"] is False
+    assert record["metrics"]["fvu"] < 1e-6 and record["metrics"]["loss_recovered"] > 0.999
+    assert not (tmp_path / "pca" / "dictionary.json").exists()

@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 import torch
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
 
 from decompbench.bench.report import SECTIONS, write_report
 from tests.test_report import build_run_dir
@@ -64,9 +66,6 @@ def browser_or_skip() -> None:
 @pytest.fixture(scope="module")
 def driver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     browser_or_skip()
-    webdriver = pytest.importorskip("selenium.webdriver")
-    from selenium.webdriver.chrome.service import Service
-
     opts = webdriver.ChromeOptions()
     opts.binary_location = str(CHROMIUM)  # the system browser: nothing is downloaded
     for flag in FLAGS:

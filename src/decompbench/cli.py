@@ -53,9 +53,11 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from decompbench.bench.report import write_report
     from decompbench.bench.runner import run_suite
     from decompbench.bench.suite import load_suite, with_seeds
     from decompbench.bench.table import print_tables
+    from decompbench.bench.verdict import verdict, write_stance
 
     suite, text = load_suite(args.suite)
     if args.seeds is not None:
@@ -63,17 +65,22 @@ def cmd_run(args: argparse.Namespace) -> int:
         text += f"\n# seeds overridden on the command line: {args.seeds}\n"
     out = args.out or Path("runs") / time.strftime("run-%Y%m%d-%H%M%S")
     summary = run_suite(suite, text, out, quiet=args.quiet, force=args.force, yes=args.yes)
-    print_tables(summary.records)
+    stances = verdict(summary.records)
+    print_tables(summary.records, stances)
     print(summary.line(out))
     print(f"results: {out / 'results.jsonl'}")
+    print(f"stance:  {write_stance(out, stances)}")
+    print(f"report:  {write_report(out)}")
     return 0
 
 
 def cmd_show(args: argparse.Namespace) -> int:
     from decompbench.bench.results import read_records
     from decompbench.bench.table import print_tables
+    from decompbench.bench.verdict import verdict
 
-    print_tables(read_records(args.dir))
+    records = read_records(args.dir)
+    print_tables(records, verdict(records))
     return 0
 
 

@@ -60,18 +60,23 @@ def site_lines(site: str, gt: GroundTruth) -> list[str]:
 
 
 def edge_lines(toy: Toy) -> list[str]:
-    """Edges grouped by their target feature: ``site_b.name <- site_a.name, ...``."""
+    """Edges grouped by target (``b <- a1, a2``) or by source (``a -> b1, b2``), whichever
+    gives fewer lines."""
     edges = toy.edges()
     if not edges:
         return ["  edges: none"]
     names = {s: toy.ground_truth(s).names for s in toy.sites}
-    into: dict[tuple[str, int], list[str]] = {}
+    into: dict[str, list[str]] = {}
+    out_of: dict[str, list[str]] = {}
     for sa, fa, sb, fb in edges:
-        into.setdefault((sb, fb), []).append(f"{sa}.{names[sa][fa]}")
+        a, b = f"{sa}.{names[sa][fa]}", f"{sb}.{names[sb][fb]}"
+        into.setdefault(b, []).append(a)
+        out_of.setdefault(a, []).append(b)
+    grouped, arrow = (into, "<-") if len(into) <= len(out_of) else (out_of, "->")
     lines = [f"  edges: {len(edges)}"]
-    for (sb, fb), sources in into.items():
+    for key, others in grouped.items():
         lines += textwrap.wrap(
-            f"{sb}.{names[sb][fb]} <- {', '.join(sources)}",
+            f"{key} {arrow} {', '.join(others)}",
             WIDTH,
             initial_indent="    ",
             subsequent_indent="        ",

@@ -54,8 +54,8 @@ def chance_scores(
         draws.append(scores)
     out: dict[str, float | None] = {}
     for key in draws[0]:
-        vals = [d[key] for d in draws]
-        out[f"{key}_chance"] = None if vals[0] is None else sum(vals) / len(vals)  # type: ignore[arg-type]
+        vals = [v for d in draws if (v := d[key]) is not None]
+        out[f"{key}_chance"] = sum(vals) / len(vals) if vals else None
     return out
 
 

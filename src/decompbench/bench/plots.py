@@ -21,14 +21,17 @@ from scipy.optimize import linear_sum_assignment
 
 DPI = 100
 MAX_TICKS = 40  # more rows/columns than this: no tick labels
-MAX_ANNOTATED = 400  # cells; above it no numbers in the heatmap
+MAX_ANNOTATED = 160  # cells; above it no numbers in the heatmap (text is the slow part)
+CHAR_IN = 0.06  # width of one 7-pt tick-label character in inches (generous)
+BAND_IN, GAP_IN = 0.15, 0.03  # the model/alive bands beside the heatmap, and their gap
 MODEL_COLOUR, DATA_COLOUR, DEAD_COLOUR = "#1f4e79", "#e0a030", "#bbbbbb"
 
 
-def png(fig: Figure) -> bytes:
+def png(fig: Figure, tight: bool = True) -> bytes:
+    """PNG bytes; ``tight`` crops to the drawn content (costs a second draw)."""
     FigureCanvasAgg(fig)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight" if tight else None)
     return buf.getvalue()
 
 
@@ -100,34 +103,50 @@ def heatmap_png(
     k, m = cos_KM.shape
     assert k and m, "empty |cos| matrix"
     C = cos_KM[np.ix_(order.rows, order.cols)]
-    w = min(14.0, 2.8 + 0.34 * m)
-    h = min(12.0, 1.6 + 0.3 * k)
-    fig = Figure(figsize=(w, h))
-    grid = fig.add_gridspec(
-        2,
-        3,
-        width_ratios=[0.25, max(m, 1), 0.4],
-        height_ratios=[0.25, max(k, 1)],
-        wspace=0.02,
-        hspace=0.02,
-    )
-    ax = fig.add_subplot(grid[1, 1])
+    row_names = [feature_names[i] for i in order.rows]
+    size, boxes = heatmap_layout(k, m, max(map(len, row_names)), len(title))
+    fig = Figure(figsize=size)
+    ax = fig.add_axes(boxes["heat"])
     im = ax.imshow(C, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto", interpolation="nearest")
     outline_matches(ax, order)
     if k * m <= MAX_ANNOTATED:
         annotate(ax, C)
-    ax_rows = fig.add_subplot(grid[1, 0])
+    ax_rows = fig.add_axes(boxes["rows"])
     strip(ax_rows, [0 if model_K[i] else 1 for i in order.rows], True, [MODEL_COLOUR, DATA_COLOUR])
-    label_axes(ax_rows, ax, [feature_names[i] for i in order.rows], [f"#{j}" for j in order.cols])
+    label_axes(ax_rows, ax, row_names, [f"#{j}" for j in order.cols])
     strip(
-        fig.add_subplot(grid[0, 1]),
+        fig.add_axes(boxes["cols"]),
         [0 if alive_M[j] else 1 for j in order.cols],
         False,
         ["#55a868", DEAD_COLOUR],
     )
-    fig.colorbar(im, cax=fig.add_subplot(grid[1, 2]), label="|cos|")
-    fig.suptitle(title, fontsize=10)
-    return png(fig)
+    fig.colorbar(im, cax=fig.add_axes(boxes["bar"]), label="|cos|")
+    fig.suptitle(title, fontsize=10, y=1 - 0.08 / size[1], va="top")
+    return png(fig, tight=False)
+
+
+def heatmap_layout(
+    k: int, m: int, row_chars: int, title_chars: int
+) -> tuple[tuple[float, float], dict[str, tuple[float, float, float, float]]]:
+    """Figure size and axes boxes (figure fractions) laid out in inches.
+
+    Done by hand rather than by a tight bounding box, which would draw every cell's text
+    twice.
+    """
+    hw, hh = max(1.2, min(0.34, 11.0 / m) * m), max(0.6, min(0.3, 9.0 / k) * k)
+    ticks_w = row_chars * CHAR_IN if k <= MAX_TICKS else 0.0
+    left = 0.35 + ticks_w + 0.06 + BAND_IN + GAP_IN
+    bottom = 0.4 + (0.3 if m <= MAX_TICKS else 0.0)
+    top, right = 0.45 + BAND_IN + GAP_IN, 0.1 + BAND_IN + 0.55
+    W = max(left + hw + right, 0.3 + 0.085 * title_chars)
+    H = bottom + hh + top
+    inches = {
+        "heat": (left, bottom, hw, hh),
+        "rows": (left - GAP_IN - BAND_IN, bottom, BAND_IN, hh),
+        "cols": (left, bottom + hh + GAP_IN, hw, BAND_IN),
+        "bar": (left + hw + 0.1, bottom, BAND_IN, hh),
+    }
+    return (W, H), {n: (x / W, y / H, w / W, h / H) for n, (x, y, w, h) in inches.items()}
 
 
 def outline_matches(ax: Axes, order: Order) -> None:

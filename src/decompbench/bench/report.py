@@ -226,6 +226,37 @@ def pick(entry: dict[str, Any] | None, names: Labeller) -> str:
     return f"{e(label)}: {fmt(entry['score'], entry['chance'])}"
 
 
+STANCE_HEADERS = [
+    "toy",
+    "site",
+    "stance",
+    "best act-only (own rule)",
+    "act-only (oracle)",
+    "rel≤3 (chance)",
+    "best downstream-aware (own rule)",
+    "best twin strict",
+]
+
+
+def stance_row(s: dict[str, Any], names: Labeller, short: dict[str, str]) -> list[str]:
+    """One verdict record as table cells (``short``: verdict setting label -> display)."""
+    rel = s["relatedness"] or {}
+    twins = s["twin_scores"]
+    best = max(twins.items(), key=lambda kv: kv[1]["mcc_strict"] or 0.0, default=None)
+    twin = f"{e(short.get(best[0], best[0]))}: {fmt(best[1]['mcc_strict'])}" if best else "–"
+    badge = STANCE_CLASS.get(s["stance"], "sna")
+    return [
+        e(names.toy(s["toy"], s["toy_params"])),
+        e(s["site"]),
+        f'<span class="badge {badge}">{e(s["stance"])}</span>',
+        pick(s["best_activation_only"], names),
+        pick(s["best_activation_only_oracle"], names),
+        fmt(rel.get("share3"), rel.get("chance")),
+        pick(s["best_downstream_aware"], names),
+        twin,
+    ]
+
+
 def stance_section(records: list[Record], stances: list[dict[str, Any]]) -> str:
     if not stances:
         return "<p>No runs.</p>"
@@ -237,46 +268,15 @@ def stance_section(records: list[Record], stances: list[dict[str, Any]]) -> str:
         )
         for r in records
     }
-    rows = []
-    for s in stances:
-        rel = s["relatedness"] or {}
-        twins = s["twin_scores"]
-        best = max(twins.items(), key=lambda kv: kv[1]["mcc_strict"] or 0.0, default=None)
-        if best is not None:
-            best = (short.get(best[0], best[0]), best[1])
-        stance = (
-            f'<span class="badge {STANCE_CLASS.get(s["stance"], "sna")}">{e(s["stance"])}</span>'
-        )
-        rows.append(
-            [
-                e(names.toy(s["toy"], s["toy_params"])),
-                e(s["site"]),
-                stance,
-                pick(s["best_activation_only"], names),
-                pick(s["best_activation_only_oracle"], names),
-                fmt(rel.get("share3"), rel.get("chance")),
-                pick(s["best_downstream_aware"], names),
-                f"{e(best[0])}: {fmt(best[1]['mcc_strict'])}" if best else "–",
-            ]
-        )
-    headers = [
-        "toy",
-        "site",
-        "stance",
-        "best act-only (own rule)",
-        "act-only (oracle)",
-        "rel≤3 (chance)",
-        "best downstream-aware (own rule)",
-        "best twin strict",
-    ]
+    rows = [stance_row(s, names, short) for s in stances]
     legend = (
         f"Score: <b>{e(str(th['score']))}</b>. Stance <b>(1)</b>: the best self-selected "
         f"activation-only method reaches {th['recover']} and beats chance by {th['margin']}; "
         f"else <b>(2a)</b>: at least {th['sparse_share']} of the true features are sparse "
         "(≤ 3 latents) mixes of its latents, beating chance by the same margin; else "
-        "<b>(2b)</b>. Written to <code>stance.json</code> by the run."
+        "<b>(2b)</b>. The same verdict as <code>stance.json</code>."
     )
-    return f'<p class="note">{legend}</p>' + table(headers, rows, "stance")
+    return f'<p class="note">{legend}</p>' + table(STANCE_HEADERS, rows, "stance")
 
 
 def scores_section(records: list[Record]) -> str:
@@ -312,31 +312,33 @@ def heatmap_figure(best: Best, names: Labeller, images: Images) -> str:
     return images.tag(name, data, title, selection_note(best, names))
 
 
-BANDS = (
-    " White boxes: the Hungarian matching (model features first, as in the scores; then "
-    "data-only features among the latents left over). Left band: model feature (blue) or data-only "
-    "(orange); top band: latent alive (green) or dead (grey)."
-)
+def heatmaps_note(th: Thresholds) -> str:
+    return (
+        '<p class="note">|cos| between every true feature (rows) and every learned direction '
+        "(columns) of one run per method: the setting the method's <b>own rule</b> picks "
+        f"(sparsest with FVU ≤ {th.fvu_target}, else lowest FVU; no ground truth), at its "
+        "lowest seed. White boxes: the Hungarian matching (model features first, as in the "
+        "scores; then data-only features among the latents left over). Left band: model "
+        "feature (blue) or data-only (orange). Top band: latent alive (green) or dead (grey)."
+        "</p>"
+    )
 
 
 def selection_note(best: Best, names: Labeller) -> str:
     s, o = best.setting, best.oracle
-    text = (
-        f"Setting chosen by the method's own rule (sparsest with FVU ≤ "
-        f"{Thresholds().fvu_target}, else lowest FVU), shown at seed {best.record.seed}."
-    )
+    text = f"Own rule; seed {best.record.seed}."
     if setting_label(s) != setting_label(o):
         text += (
             f" The oracle (best strict MCC, using the ground truth) would pick "
             f"{e(names.method(o.method, o.params))}: {fmt(o.get('mcc_strict'))}."
         )
-    return text + BANDS
+    return text
 
 
 def heatmaps_section(
     groups: list[Group], bests: dict[str, list[Best]], names: Labeller, images: Images
 ) -> str:
-    parts = []
+    parts = [heatmaps_note(Thresholds())]
     for g in groups:
         figs = "".join(heatmap_figure(b, names, images) for b in bests[g.key])
         figs = f'<div class="row">{figs}</div>' if figs else "<p>No successful runs.</p>"
@@ -344,30 +346,27 @@ def heatmaps_section(
     return "".join(parts)
 
 
+def sweep_points(g: Group, names: Labeller, th: Thresholds) -> dict[str, list[plots.Point]]:
+    """Per method, one point per parameter setting (metrics averaged over seeds)."""
+    series: dict[str, list[plots.Point]] = defaultdict(list)
+    for s in settings_of(g.rows):
+        l0 = s.get("l0")
+        if l0 is not None:
+            label = names.method(s.method, s.params)
+            score, chance = s.get(th.score), s.get(f"{th.score}_chance")
+            series[s.method].append(plots.Point(l0, score, chance, s.get("fvu"), label))
+    return dict(series)
+
+
 def sweeps_section(groups: list[Group], names: Labeller, images: Images, th: Thresholds) -> str:
     parts = []
     for g in groups:
-        series: dict[str, list[plots.Point]] = defaultdict(list)
-        for s in settings_of(g.rows):
-            l0 = s.get("l0")
-            if l0 is not None:
-                series[s.method].append(
-                    plots.Point(
-                        l0,
-                        s.get(th.score),
-                        s.get(f"{th.score}_chance"),
-                        s.get("fvu"),
-                        names.method(s.method, s.params),
-                    )
-                )
-        if not series:
-            continue
-        title = f"{g.title(names)}: one point per setting, mean over seeds"
-        data = plots.sweep_png(dict(series), th.score, title)
-        parts.append(
-            f"<h3>{e(g.title(names))}</h3>"
-            + images.tag(slug(f"sweep-{g.title(names)}", g.key), data, title)
-        )
+        series = sweep_points(g, names, th)
+        if series:
+            title = f"{g.title(names)}: one point per setting, mean over seeds"
+            data = plots.sweep_png(series, th.score, title)
+            fig = images.tag(slug(f"sweep-{g.title(names)}", g.key), data, title)
+            parts.append(f"<h3>{e(g.title(names))}</h3>{fig}")
     return "".join(parts) or "<p>No successful runs.</p>"
 
 
@@ -386,46 +385,42 @@ def twin_label(s: Setting, names: Labeller) -> str:
     return f"{names.method(s.method, s.params)} ({kind})"
 
 
+def twin_block(
+    key: str, twins: dict[str, list[Setting]], names: Labeller, images: Images, th: Thresholds
+) -> str:
+    """The twin panel and table of one toy family (twin value -> its settings)."""
+    scores = twin_scores(twins, th)
+    if not scores:
+        return ""
+    by_label = {setting_label(s): s for ss in twins.values() for s in ss}
+    order = sorted(scores, key=lambda lab: -(scores[lab]["mcc_strict"] or 0.0))
+    labels = [twin_label(by_label[lab], names) for lab in order]
+    uses = sorted(twins)
+    per: dict[str, dict[str, list[float | None]]] = {
+        m: {u: [scores[lab]["per_twin"][u][m] for lab in order] for u in uses}
+        for m in ("mcc", "mcc_strict")
+    }
+    toy, params, site = json.loads(key)
+    title = f"{names.toy(toy, params)} @ {site}: score on each twin ({TWIN_KEY}=...)"
+    fig = images.tag(slug(f"twins-{toy}-{site}", key), plots.twin_png(labels, per, title), title)
+    rows = [
+        [e(label), *(fmt(scores[lab]["per_twin"][u]["mcc_strict"]) for u in uses),
+         fmt(scores[lab]["mcc_strict"]), fmt(scores[lab]["mcc"])]
+        for label, lab in zip(labels, order, strict=True)
+    ]  # fmt: skip
+    headers = ["method", *(f"strict, {TWIN_KEY}={e(u)}" for u in uses), "twin strict (min)",
+               "twin MCC (min)"]  # fmt: skip
+    return f"<h3>{e(title)}</h3>{fig}{table(headers, rows, 'twins')}"
+
+
 def twins_section(groups: list[Group], names: Labeller, images: Images, th: Thresholds) -> str:
-    parts = []
-    for key, twins in twin_families(groups).items():
-        scores = twin_scores(twins, th)
-        if not scores:
-            continue
-        by_label = {setting_label(s): s for ss in twins.values() for s in ss}
-        order = sorted(scores, key=lambda lab: -(scores[lab]["mcc_strict"] or 0.0))
-        labels = [twin_label(by_label[lab], names) for lab in order]
-        per: dict[str, dict[str, list[float | None]]] = {
-            m: {u: [scores[lab]["per_twin"][u][m] for lab in order] for u in twins}
-            for m in ("mcc", "mcc_strict")
-        }
-        toy, params, site = json.loads(key)
-        title = f"{names.toy(toy, params)} @ {site}: score on each twin ({TWIN_KEY}=...)"
-        rows = [
-            [
-                e(lab),
-                *(fmt(scores[o]["per_twin"][u]["mcc_strict"]) for u in sorted(twins)),
-                fmt(scores[o]["mcc_strict"]),
-                fmt(scores[o]["mcc"]),
-            ]
-            for lab, o in zip(labels, order, strict=True)
-        ]
-        headers = [
-            "method",
-            *(f"strict, {TWIN_KEY}={e(u)}" for u in sorted(twins)),
-            "twin strict (min)",
-            "twin MCC (min)",
-        ]
-        fig = images.tag(
-            slug(f"twins-{toy}-{site}", key), plots.twin_png(labels, per, title), title
-        )
-        parts.append(f"<h3>{e(title)}</h3>{fig}{table(headers, rows, 'twins')}")
+    blocks = [twin_block(k, t, names, images, th) for k, t in twin_families(groups).items()]
     note = (
         '<p class="note">Twins have identical activations and differ only downstream: an '
         "activation-only method learns the same dictionary on both, so it can be right "
         "about at most one of them. Twin score = the lower of the two.</p>"
     )
-    return note + ("".join(parts) or "<p>No toy was run on both twins.</p>")
+    return note + ("".join(blocks) or "<p>No toy was run on both twins.</p>")
 
 
 def card(art: RunArtefacts, j: int, cos_KM: np.ndarray, matched: dict[int, int]) -> str:
@@ -514,7 +509,8 @@ thead th{background:#eef2f7}table.facts th{background:#f6f6f6}
 .ch{color:#888}.note{color:#555;max-width:75em}.missing{color:#a33;margin:6px 0}
 .badge{display:inline-block;padding:1px 8px;border-radius:9px;font-weight:bold;color:#fff}
 .s1{background:#2e7d32}.s2a{background:#e0a030}.s2b{background:#c62828}.sna{background:#888}
-.row{display:flex;flex-wrap:wrap;gap:4px 18px;align-items:flex-start}.row figure{max-width:48em}
+.row{display:flex;flex-wrap:wrap;gap:4px 18px;align-items:flex-start}
+.row figure{max-width:calc(50% - 12px)}
 figure{margin:10px 0 18px}figure img{max-width:100%;height:auto;border:1px solid #eee}
 figcaption{color:#555;font-size:12px;max-width:75em}.file{color:#999;font-size:11px}
 .cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(230px,1fr));gap:8px}

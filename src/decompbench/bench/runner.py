@@ -20,6 +20,7 @@ Reliability contract:
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -34,6 +35,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import Tensor
 
+from decompbench.bench.artefacts import ARTEFACTS, save_run_artefacts
 from decompbench.bench.evaluate import score
 from decompbench.bench.results import (
     RESULTS,
@@ -132,15 +134,25 @@ def failed_record(run: PlannedRun, suite: Suite, error: str, wall_s: float = 0.0
     return Record(**base_fields(run, suite), status="failed", error=error, wall_s=wall_s)
 
 
-def run_one(toy: Toy, data: SiteData, run: PlannedRun, suite: Suite) -> Record:
-    """Fit one method on one site and score it; any exception becomes a failed record."""
+def run_one(
+    toy: Toy, data: SiteData, run: PlannedRun, suite: Suite, out_dir: Path | None = None
+) -> Record:
+    """Fit one method on one site and score it; any exception becomes a failed record.
+
+    The scorer (never the method) uses the toy's ground truth and downstream network.
+    With ``out_dir``, the run's artefacts for the report are saved there.
+    """
     t0 = time.perf_counter()
     try:
         method = build_method(run.method.name, run.method.params)
         method.fit(site_view(toy, data, method), run.seed)
         check_outputs(method, data.eval_ND)
         gt = toy.ground_truth(data.name)
-        metrics = score(method, gt, data.eval_feats_NK, data.eval_ND, run.seed)
+        f = toy.downstream(data.name)
+        metrics = score(method, gt, data.eval_feats_NK, data.eval_ND, run.seed, downstream=f)
+        if out_dir is not None:
+            save_run_artefacts(out_dir, str(run.run_id), method, gt, data.eval_ND,
+                               data.eval_feats_NK, f, meta=base_fields(run, suite))  # fmt: skip
     except Exception as err:  # a bug in a method must not kill the suite
         return failed_record(run, suite, describe_error(err), time.perf_counter() - t0)
     wall = time.perf_counter() - t0
@@ -367,7 +379,7 @@ def execute(
             if toy is None or data is None:
                 record = failed_record(run, suite, error)
             else:
-                record = run_one(toy, data, run, suite)
+                record = run_one(toy, data, run, suite, results.parent)
             append_record(results, record)
             records.append(record)
             if shown is not None:
@@ -380,6 +392,7 @@ def start_results(out_dir: Path, plan: list[PlannedRun], force: bool) -> Stored:
     results = out_dir / RESULTS
     if force:
         results.unlink(missing_ok=True)
+        shutil.rmtree(out_dir / ARTEFACTS, ignore_errors=True)
         return Stored([], 0, 0)
     stored = scan_results(results)
     check_same_settings(stored, plan, out_dir)

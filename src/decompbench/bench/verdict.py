@@ -193,8 +193,8 @@ def verdict(records: list[Record], th: Thresholds | None = None) -> list[dict[st
     return out
 
 
-def write_stance(out_dir: Path, records: list[Record], th: Thresholds | None = None) -> Path:
-    """Write ``DIR/stance.json`` (atomically) and return its path."""
+def write_stance(out_dir: Path, stances: list[dict[str, Any]]) -> Path:
+    """Write the verdict's records to ``DIR/stance.json`` (atomically); return its path."""
     path = out_dir / "stance.json"
-    write_text_atomic(path, json.dumps(verdict(records, th), indent=2) + "\n")
+    write_text_atomic(path, json.dumps(stances, indent=2) + "\n")
     return path

@@ -26,8 +26,11 @@ from the activations alone and decompose each separately. Steps, all activation-
 3. Each subspace gets its own small dictionary with one active atom per sample (its
    "vertices"): gain-shape vector quantisation (spherical k-means, code = ReLU of the
    projection on the best atom). Its size is the smallest width >= the subspace's
-   dimension whose within-subspace FVU is <= ``fvu_target`` (at most ``max_group_width``)
-   — a rule that needs no ground truth.
+   dimension whose within-subspace FVU is <= ``fvu_target``, searched up to
+   ``max_group_width`` (a subspace wider than that gets one atom per dimension) — a rule
+   that needs no ground truth. One atom per sample and subspace is the ansatz: a
+   subspace holding several simultaneously active features (no split found) is
+   reconstructed poorly, which the FVU then shows.
 
 The subspaces need not be orthogonal: each sample is split into its parts by the oblique
 projections A_g U_g (U: unmixing, A: mixing of step 1). Reconstruction:
@@ -198,7 +201,7 @@ def group_dictionary(Y_NR: Tensor, p: DirectSumParams, gen: torch.Generator) -> 
     """The smallest gain-shape dictionary of one subspace reaching ``fvu_target``."""
     r = Y_NR.shape[1]
     best: tuple[float, Tensor] | None = None
-    for w in range(min(r, p.max_group_width), max(r, p.max_group_width) + 1):
+    for w in range(r, max(r, p.max_group_width) + 1):
         for _ in range(p.kmeans_restarts):
             A = spherical_kmeans(Y_NR, w, p.kmeans_iters, gen)
             err = fvu(Y_NR, vq_codes(Y_NR, A) @ A)

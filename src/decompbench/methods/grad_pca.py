@@ -18,11 +18,11 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
+from decompbench.config import StrictModel
 from decompbench.errors import UserError
 from decompbench.methods.base import Decomposition
 from decompbench.methods.downstream import require_downstream
 from decompbench.registry import register_method
-from decompbench.config import StrictModel
 from decompbench.toys.base import ActivationSite, DownstreamSite
 
 CHUNK = 1024

@@ -37,6 +37,7 @@ from decompbench.registry import register_method
 from decompbench.seeding import generator
 from decompbench.toys.base import ActivationSite, DownstreamSite
 
+
 class E2EParams(SAEParams):
     l1: float | list[float] = Field(default=0.01, description="L1 coefficient(s); list: select")
     k: int | None = Field(default=None, ge=1, description="TopK instead of L1 when set")
@@ -132,7 +133,9 @@ class SAEE2E(SAEMethod):
             with torch.no_grad():
                 z = sae.encode(x_ho)
                 err = float(sae.downstream_error(x_ho, sae.decode(z)))
-            self.selection.append({"l1": l1, "error": err, "l0": float((z > 0).sum(1).mean())})
+            self.selection.append(
+                {"l1": l1, "error": err, "l0": float((z > 0).float().sum(1).mean())}
+            )
             fits.append(sae)
         self.chosen = choose_sparsest([s["error"] for s in self.selection], self.params.tol)
         self.sae = fits[self.chosen]

@@ -14,7 +14,8 @@ Directions at the site: a transcoder has no decoder into the site, and its encod
 are unconstrained outside the data's span, so each latent reports its *activation-weighted
 input centroid* sum_n z_n x_n / sum_n z_n over the training data (a latent that never
 fires falls back to its encoder row projected onto the data's span). The site
-reconstruction is a least-squares readout of the latents.
+reconstruction is a least-squares readout of the latents. Encoder rows start at random
+centred training inputs, so every latent fires from the start.
 """
 
 from __future__ import annotations
@@ -75,6 +76,25 @@ class TranscoderModule(nn.Module):
         self.W_skip_DO = nn.Parameter(torch.zeros(d, o)) if skip else None
         self.l1, self.k, self.scale = 0.0, None, 1.0
         self.fire_rate_M: Tensor | None = None
+        self.gen = gen
+
+    @torch.no_grad()
+    def prepare(self, x_ND: Tensor, y_NO: Tensor) -> None:
+        """Encoder rows start at random centred training inputs, scaled to the targets'
+        spread, so every latent fires on some data from the first step; b_dec = mean(y)."""
+        nonzero = torch.nonzero(x_ND.norm(dim=1) > 0).flatten()
+        if nonzero.numel() == 0:
+            return
+        pick = nonzero[
+            torch.randint(nonzero.numel(), (self.W_enc_DM.shape[1],), generator=self.gen)
+        ]
+        rows = x_ND[pick] - x_ND.mean(dim=0)
+        self.W_enc_DM.copy_((rows / rows.norm(dim=1, keepdim=True).clamp_min(1e-12)).T)
+        # Start with codes of the targets' size, so the first steps are not spent shrinking.
+        spread_y = (y_NO - y_NO.mean(dim=0)).pow(2).sum(dim=1).mean().sqrt()
+        spread_x = (x_ND - x_ND.mean(dim=0)).pow(2).sum(dim=1).mean().sqrt().clamp_min(1e-12)
+        self.W_enc_DM.mul_(spread_y / spread_x)
+        self.b_dec_O.copy_(y_NO.mean(dim=0))
 
     def encode(self, x_BD: Tensor) -> Tensor:
         pre_BM = torch.relu(x_BD @ self.W_enc_DM + self.b_enc_M)
@@ -126,7 +146,10 @@ class Transcoder(Decomposition):
         for l1 in sorted(l1s):
             tc = self._fit_one(x_tr, y_tr, l1, seed, ds.name)
             with torch.no_grad():
-                err, l0 = float(tc.error(x_ho, y_ho)), float((tc.encode(x_ho) > 0).sum(1).mean())
+                err, l0 = (
+                    float(tc.error(x_ho, y_ho)),
+                    float((tc.encode(x_ho) > 0).float().sum(1).mean()),
+                )
             self.selection.append({"l1": l1, "error": err, "l0": l0})
             fits.append(tc)
         self.chosen = choose_sparsest([s["error"] for s in self.selection], self.params.tol)

@@ -113,6 +113,7 @@ def train_real(
     method = build_method(method_name, params, "--params")
     site = open_site(model, hook)
     texts, dataset = dataset_of(data)
+    out.mkdir(parents=True, exist_ok=True)
     store_dir = store_dir or out / "activations"
     build_store(store_dir, site, texts, dataset, seq_len, shard_seqs, max_seqs, dtype)
     store = ActivationStore(store_dir)

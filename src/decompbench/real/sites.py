@@ -77,7 +77,7 @@ def unflatten_rows(acts_ND: Tensor, seq_len: int) -> Tensor:
 # --- loading --------------------------------------------------------------------------
 
 
-def _transformers() -> Any:
+def require_transformers() -> Any:
     try:
         import transformers
     except ImportError:
@@ -91,7 +91,7 @@ def _transformers() -> Any:
 
 def load_model(name_or_path: str) -> tuple[nn.Module, Any]:
     """A causal LM and its tokenizer from a local folder (or a hub id), frozen, in eval mode."""
-    tf = _transformers()
+    tf = require_transformers()
     local = Path(name_or_path).exists()
     try:
         model = tf.AutoModelForCausalLM.from_pretrained(name_or_path, local_files_only=local)

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from decompbench.real.sites import _transformers, token_windows
+from decompbench.real.sites import require_transformers, token_windows
 from decompbench.seeding import derive_seed, generator
 
 CHARS = [chr(i) for i in range(32, 127)]
@@ -25,7 +25,7 @@ SPECIAL = ["<eos>", "<unk>"]
 
 def char_tokenizer() -> Any:
     """A fast tokenizer mapping each printable ASCII character to one id (0: EOS, 1: unknown)."""
-    tf = _transformers()
+    tf = require_transformers()
     from tokenizers import Tokenizer, models, pre_tokenizers
 
     vocab = {tok: i for i, tok in enumerate(SPECIAL + CHARS)}
@@ -53,7 +53,7 @@ def make_tiny_gpt2(
     n_positions: int = 64, texts: Sequence[str] = (), train_steps: int = 0,
 ) -> Path:  # fmt: skip
     """Build, seed, optionally train, and save the model and tokenizer to ``path``."""
-    tf = _transformers()
+    tf = require_transformers()
     tok = char_tokenizer()
     cfg = tf.GPT2Config(
         n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_positions=n_positions,
