@@ -127,7 +127,7 @@ def test_weight_calls_refuse_other_uses_of_a_decomposed_weight() -> None:
 @pytest.mark.parametrize("name", OURS)
 def test_refuses_an_activation_only_site(name: str) -> None:
     method = build_method(name, fast_params(name))
-    with pytest.raises(UserError, match="downstream-aware.*activations only"):
+    with pytest.raises(UserError, match=r"downstream-aware.*activations only"):
         method.fit(ActivationSite("hidden", torch.randn(32, 4)), seed=0)
 
 

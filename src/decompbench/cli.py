@@ -38,6 +38,16 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from decompbench.registry import all_methods, all_toys
 
@@ -53,12 +63,15 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    import torch
+
     from decompbench.bench.report import write_report
     from decompbench.bench.runner import run_suite
     from decompbench.bench.suite import load_suite, with_seeds
     from decompbench.bench.table import print_tables
     from decompbench.bench.verdict import verdict, write_stance
 
+    torch.set_num_threads(args.threads)
     suite, text = load_suite(args.suite)
     if args.seeds is not None:
         suite = with_seeds(suite, args.seeds)
@@ -111,6 +124,12 @@ def build_parser() -> OneLineParser:
         "--force",
         action="store_true",
         help="discard results already in --out and start over (default: resume)",
+    )
+    run.add_argument(
+        "--threads",
+        type=positive_int,
+        default=1,
+        help="torch threads (default 1: toy-sized tensors run fastest on one thread)",
     )
     run.add_argument("--yes", action="store_true", help="run even if the planned work is large")
     run.set_defaults(fn=cmd_run)

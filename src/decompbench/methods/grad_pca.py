@@ -38,7 +38,7 @@ def output_sensitivity(site: DownstreamSite, x_ND: Tensor, mu_D: Tensor) -> Tens
     out = []
     for start in range(0, x_ND.shape[0], CHUNK):
         x = x_ND[start : start + CHUNK]
-        _, jvp = torch.func.jvp(site.output, (x,), (x - mu_D,))
+        jvp = torch.func.jvp(site.output, (x,), (x - mu_D,))[1]
         out.append(jvp.reshape(x.shape[0], -1).double().pow(2).sum(dim=1))
     return torch.cat(out)
 

@@ -9,8 +9,14 @@ pseudo-derivatives with a rectangle kernel K of width ``bandwidth`` (epsilon):
     d H(pre - theta) / d theta = -(1 / eps) K((pre - theta) / eps)
 
 and no gradient of H with respect to pre (the L0 term trains only the thresholds).
-Defaults follow the paper: theta initialised at 1e-3, eps = 1e-3, inputs normalised
-(here to E||x||^2 = d), the L0 coefficient warmed up over the first 10 % of steps.
+As in the paper: inputs normalised (here to E||x||^2 = d), the L0 coefficient warmed up
+over the first 10 % of steps, rectangle kernel. Two defaults differ from the paper's
+numbers (theta_0 = eps = 1e-3), because in our normalisation pre-activations are O(1)
+and runs are short: ``bandwidth`` 0.05 (SAELens's default) and ``threshold_init`` 0.1.
+Measured on `planted` (128 features in 64 dims, width 256, 8000 steps, lr 1e-3):
+theta_0 = 1e-3 left L0 at 116 and MCC at 0.38 (thresholds never rose); theta_0 = 0.1
+gave L0 4.0 and MCC 0.96; on a tiny planted dictionary eps = 1e-3 gave MCC 0.69, 0.05
+gave 1.00.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from decompbench.registry import register_method
 class JumpReLUParams(SAEParams):
     l0_coef: float = Field(default=1.0, ge=0, description="weight of the L0 penalty")
     bandwidth: float = Field(default=0.05, gt=0, description="STE kernel width epsilon")
-    threshold_init: float = Field(default=1e-3, gt=0)
+    threshold_init: float = Field(default=0.1, gt=0)
     normalize: bool = True
     sparsity_warmup_frac: float = Field(default=0.1, ge=0, le=1)
 
@@ -82,7 +88,7 @@ class JumpReLUSAE(SparseAutoencoder):
     l0_coef: float = 1.0
     bandwidth: float = 0.05
 
-    def __init__(self, d: int, width: int, gen: torch.Generator, theta0: float = 1e-3) -> None:
+    def __init__(self, d: int, width: int, gen: torch.Generator, theta0: float = 0.1) -> None:
         super().__init__(d, width, gen)
         self.log_threshold_M = nn.Parameter(torch.full((width,), math.log(theta0)))
 

@@ -133,7 +133,7 @@ class WeightCalls(TorchFunctionMode):
         out = None if self.replace is None else self.replace(i, a)
         return orig() if out is None else out
 
-    def __torch_function__(  # type: ignore[override]
+    def __torch_function__(
         self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None
     ) -> Any:
         kwargs = kwargs or {}
@@ -163,7 +163,7 @@ class WeightCalls(TorchFunctionMode):
 
 def lower_leaky_hard_sigmoid(x: Tensor) -> Tensor:
     """clamp(x, 0, 1); below 0 a gradient of slope LEAK only where it pushes x up."""
-    return _LowerLeaky.apply(x)  # type: ignore[no-any-return]
+    return _LowerLeaky.apply(x)
 
 
 class _LowerLeaky(torch.autograd.Function):
@@ -185,6 +185,8 @@ def upper_leaky_hard_sigmoid(x: Tensor) -> Tensor:
 
 class Subcomponents(nn.Module):
     """C rank-1 pieces of one weight W_OI (output x input), one importance MLP each."""
+
+    W_OI: Tensor  # buffer: the target weight
 
     def __init__(self, W_OI: Tensor, C: int, hidden: int, vector_ci: bool, gen: torch.Generator):
         super().__init__()
@@ -306,11 +308,12 @@ class SPDModel(nn.Module):
     def __init__(self, site: DownstreamSite, pl: Plan, p: SPDParams, seed: int) -> None:
         super().__init__()
         gen = generator(seed, "method/spd/init")
-        self.comps = nn.ModuleList()
+        self.pieces: list[Subcomponents] = []
         for W, rd in zip(pl.weights, pl.read_dims, strict=True):
             W_OI = W.detach() if rd == 1 else W.detach().T
             C = p.components or 2 * max(W_OI.shape)
-            self.comps.append(Subcomponents(W_OI, C, p.ci_hidden, p.ci_fn == "vector", gen))
+            self.pieces.append(Subcomponents(W_OI, C, p.ci_hidden, p.ci_fn == "vector", gen))
+        self.comps = nn.ModuleList(self.pieces)  # registers the parameters
         self.holder = (site, pl)  # a tuple keeps the frozen network out of parameters()
         self.kind: OutputKind = site.output_kind
         self.scale = 1.0
@@ -326,19 +329,19 @@ class SPDModel(nn.Module):
         site, pl = self.holder
 
         def replace(i: int, a: Tensor) -> Tensor | None:
-            return self.comps[i](a, masks[i]) if i in masks else None
+            return self.pieces[i](a, masks[i]) if i in masks else None
 
         mode = WeightCalls(pl.weights, replace)
         with mode:
             out = site.output(x_BD)
         inputs = {u.index: u.input for u in mode.uses}
-        return out, [inputs[i] for i in range(len(self.comps))]
+        return out, [inputs[i] for i in range(len(self.pieces))]
 
     def target(self, x_BD: Tensor) -> tuple[Tensor, list[Tensor], list[Tensor]]:
         """Original output, each weight's input, and the importance pre-activations."""
         with torch.no_grad():
             out, inputs = self.run(x_BD, {})
-        return out, inputs, [c.ci_pre(a) for c, a in zip(self.comps, inputs, strict=True)]
+        return out, inputs, [c.ci_pre(a) for c, a in zip(self.pieces, inputs, strict=True)]
 
     def stochastic_masks(self, pres: list[Tensor]) -> list[Tensor]:
         gs = [lower_leaky_hard_sigmoid(p) for p in pres]
@@ -355,12 +358,12 @@ class SPDModel(nn.Module):
         if w.layerwise > 0:
             layer = [self.recon(x_BD, target, {i: m}) for i, m in enumerate(masks)]
             total = total + w.layerwise * torch.stack(layer).mean()
-        faith = torch.stack([c.faithfulness() for c in self.comps]).sum()
+        faith = torch.stack([c.faithfulness() for c in self.pieces]).sum()
         ups = [(upper_leaky_hard_sigmoid(p) + EPS).pow(w.p).sum(-1).mean() for p in pres]
         imp = w.importance * self.importance_scale
         total = total + w.faithfulness * faith + imp * torch.stack(ups).sum()
         if w.active_norm > 0:
-            sizes = [c.active_norm(p) for c, p in zip(self.comps, pres, strict=True)]
+            sizes = [c.active_norm(p) for c, p in zip(self.pieces, pres, strict=True)]
             total = total + w.active_norm * self.importance_scale * torch.stack(sizes).sum()
         return total
 
@@ -376,7 +379,7 @@ class _Warmup(nn.Module):
         self.model = model
 
     def loss(self, _x: Tensor) -> Tensor:
-        return torch.stack([c.faithfulness() for c in self.model.comps]).sum()
+        return torch.stack([c.faithfulness() for c in self.model.pieces]).sum()
 
     def after_step(self) -> None:
         pass
@@ -438,9 +441,7 @@ class SPD(Decomposition):
         return model
 
     def _reader(self, i: int) -> Subcomponents:
-        comp = self.model.comps[i]
-        assert isinstance(comp, Subcomponents)
-        return comp
+        return self.model.pieces[i]
 
     @torch.no_grad()
     def encode(self, acts_ND: Tensor) -> Tensor:

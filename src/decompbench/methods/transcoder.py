@@ -74,7 +74,8 @@ class TranscoderModule(nn.Module):
         self.W_dec_MO = nn.Parameter(w_dec_MO / w_dec_MO.norm(dim=1, keepdim=True))
         self.b_dec_O = nn.Parameter(torch.zeros(o))
         self.W_skip_DO = nn.Parameter(torch.zeros(d, o)) if skip else None
-        self.l1, self.k, self.scale = 0.0, None, 1.0
+        self.l1, self.scale = 0.0, 1.0
+        self.k: int | None = None
         self.fire_rate_M: Tensor | None = None
         self.gen = gen
 

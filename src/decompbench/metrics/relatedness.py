@@ -24,23 +24,30 @@ def pursuit_count(y_N: Tensor, C_NM: Tensor, r2: float = R2, max_terms: int = 64
     """Fewest columns of ``C_NM`` whose least-squares fit reaches R^2 >= r2 (greedy OMP).
 
     R^2 is measured against ||y||^2 (uncentred): centre both inputs first for the usual,
-    centred R^2.
+    centred R^2. The chosen columns are kept as an orthonormal basis (Gram-Schmidt), so
+    each step is a projection, not a fresh least-squares solve.
     """
     y, C = y_N.double(), C_NM.double()
     total = float(y @ y)
     if total <= 0:
         return 0
     norms_M = C.norm(dim=0).clamp_min(1e-12)
-    chosen: list[int] = []
+    taken = torch.zeros(C.shape[1], dtype=torch.bool)
+    Q_NK = y.new_zeros(y.shape[0], 0)  # orthonormal basis of the chosen columns
     resid = y
-    for _ in range(min(max_terms, C.shape[1])):
+    for n_terms in range(1, min(max_terms, C.shape[1]) + 1):
         score_M = (C.T @ resid).abs() / norms_M
-        score_M[chosen] = -1.0
-        chosen.append(int(score_M.argmax()))
-        coef = torch.linalg.lstsq(C[:, chosen], y[:, None]).solution
-        resid = y - (C[:, chosen] @ coef)[:, 0]
+        score_M[taken] = -1.0
+        j = int(score_M.argmax())
+        taken[j] = True
+        q = C[:, j] - Q_NK @ (Q_NK.T @ C[:, j])
+        q = q - Q_NK @ (Q_NK.T @ q)  # second Gram-Schmidt pass for numerical safety
+        qn = float(q.norm())
+        if qn > 1e-10 * float(norms_M[j]):
+            Q_NK = torch.cat([Q_NK, (q / qn)[:, None]], dim=1)
+            resid = resid - (Q_NK[:, -1] @ resid) * Q_NK[:, -1]
         if 1.0 - float(resid @ resid) / total >= r2 - 1e-9:
-            return len(chosen)
+            return n_terms
     return None
 
 

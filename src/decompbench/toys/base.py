@@ -188,6 +188,7 @@ def downstream_site(toy: Toy, site: str, acts_ND: Tensor) -> DownstreamSite:
     down = toy.downstream(site)
     nxt = toy.next_layer(site)
     both = _frozen_copy(nn.ModuleList([down, nxt]))
+    assert isinstance(both, nn.ModuleList)
     return DownstreamSite(
         site, acts_ND, downstream=both[0], next_layer=both[1], output_kind=toy.output_kind
     )
