@@ -160,3 +160,20 @@ def test_console_script_misspelled_key_no_traceback(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "unknown key 'widht'" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_toy_level_method_filter_limits_runs(tmp_path: Path) -> None:
+    toys = [{**t, "methods": ["pca"]} for t in TINY["toys"]]  # type: ignore[attr-defined]
+    out = tmp_path / "out"
+    assert main(["run", str(write(tmp_path, {**TINY, "toys": toys})), "--out", str(out),
+                 "--quiet"]) == 0  # fmt: skip
+    methods = {json.loads(line)["method"] for line in (out / "results.jsonl").read_text().splitlines()}
+    assert methods == {"pca"}
+
+
+def test_toy_level_method_filter_must_name_suite_methods(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    toys = [{**TINY["toys"][0], "methods": ["ica"]}]  # type: ignore[index]
+    assert main(["run", str(write(tmp_path, {**TINY, "toys": toys})), "--quiet"]) == 2
+    assert "'ica' is not among the suite's methods" in capsys.readouterr().err

@@ -59,9 +59,11 @@ def test_divergence_is_zero_on_equal_outputs_and_kl_for_logits() -> None:
     assert float(divergence(y + 1, y, "mse")) == pytest.approx(3.0)
 
 
-def test_choose_sparsest_takes_the_last_fit_within_tolerance() -> None:
-    assert choose_sparsest([0.001, 0.01, 0.05, 0.2], tol=0.02) == 1
-    assert choose_sparsest([0.3, 0.1, 0.2], tol=0.02) == 1  # none within: most accurate
+def test_choose_sparsest_takes_the_smallest_l0_within_tolerance() -> None:
+    errors, l0s = [0.001, 0.01, 0.012, 0.05, 0.2], [3.0, 2.0, 2.5, 1.0, 0.0]
+    assert choose_sparsest(errors, l0s, tol=0.02) == 1
+    assert choose_sparsest([0.001, 0.002], [2.0, 2.0], tol=0.02) == 1  # tie: later fit
+    assert choose_sparsest([0.3, 0.1, 0.2], [1.0, 1.0, 1.0], tol=0.02) == 1  # none: best
 
 
 def test_readout_recovers_a_linear_map() -> None:
@@ -153,7 +155,7 @@ def chance_mcc(G: torch.Tensor, X: torch.Tensor, m: int) -> float:
     return sum(M.mcc(G, M.random_dictionary(m, basis, gen)) for _ in range(8)) / 8
 
 
-SPARSE = {"width": 8, "steps": 800, "lr": 0.005, "l1": 0.003}
+SPARSE = {"width": 8, "steps": 800, "lr": 0.005, "l1": 0.03}
 E2E = {"width": 4, "steps": 800, "lr": 0.005, "l1": 0.1}
 PLANTED = {
     "grad-pca": {},
@@ -194,4 +196,5 @@ def test_spd_recovers_the_columns_of_a_tiny_tms() -> None:
     alive = M.alive_mask(spd.encode(site.acts_ND))
     D = spd.directions()[alive]
     assert M.mmcs(W_DF.T, D) > 0.99
-    assert int(alive.sum()) == n
+    assert M.mcc(W_DF.T, D) > 0.99  # a distinct subcomponent per column
+    assert n <= int(alive.sum()) <= n + 1  # at most one spare, rarely important piece

@@ -51,7 +51,7 @@ def positive_int(text: str) -> int:
 def cmd_list(args: argparse.Namespace) -> int:
     from decompbench.registry import all_methods, all_toys
 
-    console = Console(highlight=False)
+    console = Console(highlight=False, soft_wrap=True)
     console.print("[bold]toys[/bold]")
     for name, toy in all_toys().items():
         console.print(f"  {name:<22} {toy.summary}")

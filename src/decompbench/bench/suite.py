@@ -59,6 +59,8 @@ class ToySpec(SpecModel):
     name: str
     params: dict[str, Any] = Field(default_factory=dict)
     sites: list[str] | None = Field(default=None, min_length=1)
+    # Names of the suite's methods to run on this toy (default: all of them).
+    methods: list[str] | None = Field(default=None, min_length=1)
 
     @field_validator("sites")
     @classmethod
@@ -182,6 +184,12 @@ def parse_suite(data: Any, where: str) -> Suite:
         located(get_method, m.name, f"{where}: methods[{i}].name")
         check_finite(m.params, f"{where}: methods[{i}].params")
         build_method(m.name, m.params, f"{where}: methods[{i}].params ({m.name})")
+    names = {m.name for m in suite.methods}
+    for i, t in enumerate(suite.toys):
+        for name in set(t.methods or []) - names:
+            raise UserError(
+                f"{where}: toys[{i}].methods: '{name}' is not among the suite's methods"
+            )
     suite = suite.model_copy(update={"toys": toys})
     check_no_repeats(suite, where)
     return suite
@@ -225,6 +233,8 @@ def plan_runs(suite: Suite) -> list[PlannedRun]:
         for t, tparams in zip(suite.toys, toys, strict=True):
             for site in t.sites or []:
                 for m, mparams in zip(suite.methods, methods, strict=True):
+                    if t.methods is not None and m.name not in t.methods:
+                        continue
                     identity = dict(
                         toy=t.name, toy_params=tparams, site=site, method=m.name,
                         method_params=mparams, seed=seed, n_train=suite.n_train,

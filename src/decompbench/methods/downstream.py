@@ -137,14 +137,14 @@ class Readout:
         return Z_NM @ self.W_MD + self.b_D
 
 
-def choose_sparsest(errors: list[float], tol: float) -> int:
-    """Selection rule without ground truth, for fits ordered from least to most sparse.
-
-    The last (sparsest) fit whose held-out downstream error is at most ``tol``; when none
-    is, the most accurate one.
-    """
+def choose_sparsest(errors: list[float], l0s: list[float], tol: float) -> int:
+    """Selection rule without ground truth: the fit with the smallest held-out L0 among
+    those whose held-out downstream error is at most ``tol`` (ties: the later fit, i.e.
+    the stronger penalty when fits are ordered by it); when none is, the most accurate."""
     ok = [i for i, e in enumerate(errors) if e <= tol]
-    return ok[-1] if ok else min(range(len(errors)), key=lambda i: errors[i])
+    if not ok:
+        return min(range(len(errors)), key=lambda i: errors[i])
+    return min(reversed(ok), key=lambda i: l0s[i])
 
 
 def holdout_split(x_ND: Tensor, frac: float, seed: int) -> tuple[Tensor, Tensor]:

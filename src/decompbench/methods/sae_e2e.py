@@ -12,8 +12,9 @@ reconstruction that falls below threshold gets no gradient, and training can los
 latent; each downstream ``nn.ReLU`` therefore gets a straight-through leak of slope
 ``relu_leak`` in its backward pass while training (the forward pass is unchanged).
 
-Selection (no ground truth): ``l1`` may be a list; every value is fitted and the largest
-whose held-out output divergence stays within ``tol`` is kept. Directions: decoder rows.
+Selection (no ground truth): ``l1`` may be a list; every value is fitted on 90 % of the
+training activations and, among the fits whose output divergence on the other 10 % stays
+within ``tol``, the one with the smallest held-out L0 is kept. Directions: decoder rows.
 """
 
 from __future__ import annotations
@@ -137,7 +138,9 @@ class SAEE2E(SAEMethod):
                 {"l1": l1, "error": err, "l0": float((z > 0).float().sum(1).mean())}
             )
             fits.append(sae)
-        self.chosen = choose_sparsest([s["error"] for s in self.selection], self.params.tol)
+        self.chosen = choose_sparsest(
+            [s["error"] for s in self.selection], [s["l0"] for s in self.selection], self.params.tol
+        )
         self.sae = fits[self.chosen]
 
     def _fit_one(self, ds: DownstreamSite, x_ND: Tensor, l1: float, seed: int) -> E2ESAE:

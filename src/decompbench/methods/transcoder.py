@@ -7,8 +7,9 @@ trained on pairs (site activation x, next layer's output y = next_layer(x)) with
 latents (decoder rows kept at unit norm), or TopK when ``k`` is set. The latents are
 features *of the computation* from the site to the next layer, not of the site alone.
 
-Selection (no ground truth): ``l1`` may be a list; every value is fitted and the largest
-whose held-out normalised prediction error stays within ``tol`` is kept.
+Selection (no ground truth): ``l1`` may be a list; every value is fitted on 90 % of the
+training pairs and, among the fits whose normalised prediction error on the other 10 %
+stays within ``tol``, the one with the smallest held-out L0 is kept.
 
 Directions at the site: a transcoder has no decoder into the site, and its encoder rows
 are unconstrained outside the data's span, so each latent reports its *activation-weighted
@@ -153,7 +154,9 @@ class Transcoder(Decomposition):
                 )
             self.selection.append({"l1": l1, "error": err, "l0": l0})
             fits.append(tc)
-        self.chosen = choose_sparsest([s["error"] for s in self.selection], self.params.tol)
+        self.chosen = choose_sparsest(
+            [s["error"] for s in self.selection], [s["l0"] for s in self.selection], self.params.tol
+        )
         self.tc = fits[self.chosen]
         self._directions_MD = self._site_directions(ds.acts_ND)
         self.readout = Readout.fit(self.encode(ds.acts_ND), ds.acts_ND)
