@@ -167,7 +167,9 @@ def test_toy_level_method_filter_limits_runs(tmp_path: Path) -> None:
     out = tmp_path / "out"
     assert main(["run", str(write(tmp_path, {**TINY, "toys": toys})), "--out", str(out),
                  "--quiet"]) == 0  # fmt: skip
-    methods = {json.loads(line)["method"] for line in (out / "results.jsonl").read_text().splitlines()}
+    methods = {
+        json.loads(line)["method"] for line in (out / "results.jsonl").read_text().splitlines()
+    }
     assert methods == {"pca"}
 
 
