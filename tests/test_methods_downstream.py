@@ -17,7 +17,7 @@ from decompbench.methods.downstream import (
     divergence,
     relu_leak,
 )
-from decompbench.methods.spd import WeightCalls, plan
+from decompbench.methods.spd import WeightCalls, duplicates_removed, plan
 from decompbench.registry import all_methods
 from decompbench.toys.base import ActivationSite, DownstreamSite, build_toy, downstream_site
 from tests.conftest import fast_params
@@ -121,6 +121,19 @@ def test_weight_calls_refuse_other_uses_of_a_decomposed_weight() -> None:
     site = DownstreamSite("x", torch.randn(4, 2), downstream=Odd())
     with pytest.raises(UserError, match="only matmul/linear"):
         plan(site, None)
+
+
+def test_spd_refuses_a_downstream_without_weight_matrices() -> None:
+    site = DownstreamSite("x", torch.randn(8, 3), downstream=nn.ReLU())
+    with pytest.raises(UserError, match="no weight matrix"):
+        build_method("spd", fast_params("spd")).fit(site, seed=0)
+
+
+def test_duplicates_removed_keeps_the_larger_of_a_split_mechanism() -> None:
+    V = torch.tensor([[1.0, 2.0, 0.0, 1.0], [0.0, 0.0, 1.0, 0.0]])  # [in, C]: 0 and 1 parallel
+    g = torch.tensor([[1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 1.0], [1.0, 1.0, 1.0, 0.0]])
+    keep = duplicates_removed(V, g, torch.tensor([1.0, 3.0, 1.0, 1.0]), tol=0.99)
+    assert keep.tolist() == [1, 2, 3]  # 3 reads like 0 but is important elsewhere
 
 
 # -- every method: refusal, and recovery on a tiny planted case --------------------------------

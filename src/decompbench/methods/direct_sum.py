@@ -70,6 +70,7 @@ class DirectSumParams(StrictModel):
     fvu_target: float = Field(default=0.02, gt=0, lt=1)
     max_group_width: int = Field(default=32, ge=1)
     kmeans_iters: int = Field(default=50, ge=1)
+    vq_samples: int = Field(default=16384, ge=16, description="samples the dictionaries see")
     kmeans_restarts: int = Field(default=3, ge=1)
     basis: Literal["auto", "cumulant", "ica"] = "auto"
     cumulant_draws: int = Field(default=16, ge=1, description="random M tried for Q(M)")
@@ -266,7 +267,8 @@ class DirectSum(Decomposition):
         pairs = zip(self.groups, self.subspaces, strict=True)
         self.coords = [U_RD[g].T @ (A_DR[:, g].T @ B.T) for g, B in pairs]
         gen = generator(seed, "method/direct-sum/vq")
-        self.group_atoms = [group_dictionary(X @ C, self.params, gen) for C in self.coords]
+        X_fit = X[: self.params.vq_samples]
+        self.group_atoms = [group_dictionary(X_fit @ C, self.params, gen) for C in self.coords]
         atoms = [a @ B for a, B in zip(self.group_atoms, self.subspaces, strict=True)]
         self.atoms_MD = torch.cat(atoms)
         self.bias_D = mean_D - (mean_D @ U_RD.T) @ A_DR.T

@@ -26,7 +26,11 @@ so the coefficients mean the same on every toy. The matrix products are found by
 ``TorchFunctionMode`` while the downstream runs, so toys need not use ``nn.Linear``.
 
 What it reports at the site: the read vectors ``V_c`` of the subcomponents of the weights
-whose input *is* the site activation; latent ``c`` is ``g_c(x) * (V_c/|V_c|) . x``. The
+whose input *is* the site activation; latent ``c`` is ``g_c(x) * (V_c/|V_c|) . x``.
+Subcomponents that read parallel directions (|cos| >= ``merge_tol``) and are important on
+the same inputs (importance correlation >= ``merge_tol``) are one mechanism split in two
+and are reported once (the larger). Read vectors are exact only on the data's span: the
+part of a weight row the data never excites can sit in never-important subcomponents. The
 site reconstruction is a least-squares readout of those latents (SPD has no site
 decoder). Selection (no ground truth): ``importance`` may be a list; every value is
 fitted on 90 % of the training activations and, among the fits whose stochastic
@@ -82,6 +86,9 @@ class SPDParams(TrainParams):
     warmup_steps: int = Field(default=200, ge=0)
     recon_tol: float = Field(default=0.01, gt=0, description="selection: max held-out error")
     holdout_frac: float = Field(default=0.1, gt=0, lt=1)
+    merge_tol: float = Field(
+        default=0.99, gt=0, le=1, description="merge parallel, co-important subcomponents"
+    )
     weights: list[str] | None = Field(default=None, description="weight names to decompose")
     lr: float = Field(default=1e-2, gt=0)
 
@@ -433,7 +440,8 @@ class SPD(Decomposition):
         )
         self.model = fits[self.chosen]
         self.readers = pl.readers
-        self.reads_IC = [self._reader(i).V_IC.detach().clone() for i in self.readers]
+        self.kept: dict[int, Tensor] = {}
+        self.reads_IC = [self._merged_reads(i, train_ND) for i in self.readers]
         self.readout = Readout.fit(self.encode(ds.acts_ND), ds.acts_ND)
 
     def _fit_one(
@@ -451,6 +459,15 @@ class SPD(Decomposition):
         train(model, x_ND, p, seed, label)
         return model
 
+    @torch.no_grad()
+    def _merged_reads(self, i: int, x_ND: Tensor) -> Tensor:
+        """Read vectors [in, kept] of weight ``i``: one per group of duplicates."""
+        comp = self._reader(i)
+        g_NC = comp.ci_pre(x_ND).clamp(0, 1)
+        keep = duplicates_removed(comp.V_IC, g_NC, comp.U_CO.norm(dim=1), self.params.merge_tol)
+        self.kept[i] = keep
+        return comp.V_IC.detach()[:, keep].clone()
+
     def _reader(self, i: int) -> Subcomponents:
         return self.model.pieces[i]
 
@@ -458,7 +475,7 @@ class SPD(Decomposition):
     def encode(self, acts_ND: Tensor) -> Tensor:
         zs = []
         for i, V_IC in zip(self.readers, self.reads_IC, strict=True):
-            g = self._reader(i).ci_pre(acts_ND).clamp(0, 1)
+            g = self._reader(i).ci_pre(acts_ND).clamp(0, 1)[:, self.kept[i]]
             zs.append(g * (acts_ND @ V_IC) / V_IC.norm(dim=0).clamp_min(EPS))
         return torch.cat(zs, dim=1)
 
@@ -470,3 +487,39 @@ class SPD(Decomposition):
     def directions(self) -> Tensor:
         v = torch.cat([V_IC.T for V_IC in self.reads_IC], dim=0)
         return v / v.norm(dim=1, keepdim=True).clamp_min(EPS)
+
+
+def duplicates_removed(V_IC: Tensor, g_NC: Tensor, size_C: Tensor, tol: float) -> Tensor:
+    """Indices of subcomponents to report: one (the largest) per group of duplicates.
+
+    Two subcomponents that are important on some input, read parallel directions
+    (|cos| >= ``tol``) and are important on the same inputs (correlation of their
+    importances >= ``tol``) are one mechanism split in two; never-important ones stay
+    (they never fire, so scoring ignores them).
+    """
+    C = V_IC.shape[1]
+    alive = (g_NC > 0).any(dim=0)
+    V = V_IC / V_IC.norm(dim=0, keepdim=True).clamp_min(EPS)
+    cos = (V.T @ V).abs()
+    g = g_NC - g_NC.mean(dim=0)
+    sd = g.norm(dim=0).clamp_min(EPS)
+    corr = (g.T @ g) / (sd[:, None] * sd[None, :])
+    same = (cos >= tol) & (corr >= tol) & alive[:, None] & alive[None, :]
+    group = list(range(C))
+    for a in range(C):
+        for b in range(a + 1, C):
+            if bool(same[a, b]):
+                ra, rb = _root(group, a), _root(group, b)
+                group[max(ra, rb)] = min(ra, rb)
+    best: dict[int, int] = {}
+    for c in range(C):
+        r = _root(group, c)
+        if r not in best or size_C[c] > size_C[best[r]]:
+            best[r] = c
+    return torch.tensor(sorted(best.values()), dtype=torch.long)
+
+
+def _root(group: list[int], c: int) -> int:
+    while group[c] != c:
+        c = group[c]
+    return c
