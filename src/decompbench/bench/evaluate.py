@@ -112,6 +112,9 @@ def score(
     out["mcc_act"] = M.mcc_act(A_NK, Z_NM[:, alive])
     rel_act = relatedness.activation_relatedness(A_NK, Z_NM[:, alive])
     out["rel_act_median"], out["rel_act_share3"] = relatedness.summarise(rel_act)
+    extra = getattr(method, "extra_metrics", None)  # e.g. direct-sum's detected split
+    if callable(extra):
+        out.update({f"method_{k}": v for k, v in extra().items()})
     if downstream is not None:
         out.update(downstream_scores(downstream, method, X_ND, G_KD, A_NK, alive))
     out.update(
