@@ -22,7 +22,6 @@ JSON file on disk means its tensors are complete.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +33,7 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 from torch import Tensor
 
-from decompbench.bench.results import fsync_dir, write_text_atomic
+from decompbench.bench.results import write_bytes_atomic, write_text_atomic
 from decompbench.errors import UserError
 from decompbench.methods.base import Decomposition
 from decompbench.metrics.reconstruction import active
@@ -76,20 +75,6 @@ def artefact_paths(out_dir: Path, run_key: str) -> tuple[Path, Path]:
         raise ValueError(f"bad run key {run_key!r}")
     base = out_dir / ARTEFACTS / run_key
     return base.with_name(f"{run_key}.safetensors"), base.with_name(f"{run_key}.json")
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary name in the same directory, fsync, rename over ``path``."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with tmp.open("wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    fsync_dir(path.parent)
 
 
 @torch.no_grad()
