@@ -15,8 +15,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
+from pydantic import Field, field_validator, model_validator
 from torch import Tensor, nn
 
+from decompbench.config import StrictModel
 from decompbench.errors import UserError
 from decompbench.toys.base import ActivationSite, DownstreamSite, OutputKind
 
@@ -29,6 +31,39 @@ def require_downstream(site: ActivationSite, method: str) -> DownstreamSite:
             f"'{site.name}', but was given its activations only"
         )
     return site
+
+
+def nonneg_choices(v: float | list[float], name: str) -> float | list[float]:
+    """A coefficient that is one non-negative number or a non-empty list of them."""
+    vals = v if isinstance(v, list) else [v]
+    if not vals or any(x < 0 for x in vals):
+        raise ValueError(f"{name} must be a non-negative number or a non-empty list")
+    return v
+
+
+class SparsityChoice(StrictModel):
+    """Width and sparsity settings of a downstream-aware dictionary chosen on held-out data.
+
+    ``l1`` may list several coefficients: each is trained and the sparsest one whose
+    held-out error stays within ``tol`` is kept (``choose_sparsest``).
+    """
+
+    width: int = Field(default=32, ge=1)
+    l1: float | list[float] = Field(default=0.01, description="L1 coefficient(s); list: select")
+    k: int | None = Field(default=None, ge=1, description="TopK instead of L1 when set")
+    tol: float = Field(default=0.02, gt=0, description="selection: max held-out error")
+    holdout_frac: float = Field(default=0.1, gt=0, lt=1)
+
+    @field_validator("l1")
+    @classmethod
+    def _nonneg(cls, v: float | list[float]) -> float | list[float]:
+        return nonneg_choices(v, "l1")
+
+    @model_validator(mode="after")
+    def _k_fits(self) -> SparsityChoice:
+        if self.k is not None and self.k > self.width:
+            raise ValueError(f"k = {self.k} exceeds width = {self.width}")
+        return self
 
 
 def divergence(pred_BO: Tensor, target_BO: Tensor, kind: OutputKind) -> Tensor:

@@ -20,10 +20,11 @@ within ``tol``, the one with the smallest held-out L0 is kept. Directions: decod
 from __future__ import annotations
 
 import torch
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field
 from torch import Tensor
 
 from decompbench.methods.downstream import (
+    SparsityChoice,
     capture_linear_outputs,
     choose_sparsest,
     divergence,
@@ -39,26 +40,8 @@ from decompbench.seeding import generator
 from decompbench.toys.base import ActivationSite, DownstreamSite
 
 
-class E2EParams(SAEParams):
-    l1: float | list[float] = Field(default=0.01, description="L1 coefficient(s); list: select")
-    k: int | None = Field(default=None, ge=1, description="TopK instead of L1 when set")
+class E2EParams(SAEParams, SparsityChoice):
     relu_leak: float = Field(default=0.01, ge=0, description="straight-through ReLU leak")
-    tol: float = Field(default=0.02, gt=0, description="selection: max held-out divergence")
-    holdout_frac: float = Field(default=0.1, gt=0, lt=1)
-
-    @field_validator("l1")
-    @classmethod
-    def _nonneg(cls, v: float | list[float]) -> float | list[float]:
-        vals = v if isinstance(v, list) else [v]
-        if not vals or any(x < 0 for x in vals):
-            raise ValueError("l1 must be a non-negative number or a non-empty list")
-        return v
-
-    @model_validator(mode="after")
-    def _k_fits(self) -> E2EParams:
-        if self.k is not None and self.k > self.width:
-            raise ValueError(f"k = {self.k} exceeds width = {self.width}")
-        return self
 
 
 class E2ESAE(SparseAutoencoder):

@@ -58,6 +58,7 @@ from decompbench.methods.downstream import (
     choose_sparsest,
     divergence,
     holdout_split,
+    nonneg_choices,
     output_scale,
     require_downstream,
 )
@@ -95,10 +96,7 @@ class SPDParams(TrainParams):
     @field_validator("importance")
     @classmethod
     def _nonneg(cls, v: float | list[float]) -> float | list[float]:
-        vals = v if isinstance(v, list) else [v]
-        if not vals or any(x < 0 for x in vals):
-            raise ValueError("importance must be a non-negative number or a non-empty list")
-        return v
+        return nonneg_choices(v, "importance")
 
 
 # -- finding and replacing the downstream's matrix products ----------------------------

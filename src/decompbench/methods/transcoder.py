@@ -22,13 +22,13 @@ centred training inputs, so every latent fires from the start.
 from __future__ import annotations
 
 import torch
-from pydantic import Field, field_validator, model_validator
 from torch import Tensor, nn
 
 from decompbench.errors import UserError
 from decompbench.methods.base import Decomposition
 from decompbench.methods.downstream import (
     Readout,
+    SparsityChoice,
     choose_sparsest,
     holdout_split,
     output_scale,
@@ -41,26 +41,8 @@ from decompbench.seeding import generator
 from decompbench.toys.base import ActivationSite
 
 
-class TranscoderParams(TrainParams):
-    width: int = Field(default=32, ge=1)
-    l1: float | list[float] = Field(default=0.01, description="L1 coefficient(s); list: select")
-    k: int | None = Field(default=None, ge=1, description="TopK instead of L1 when set")
-    tol: float = Field(default=0.02, gt=0, description="selection: max held-out error")
-    holdout_frac: float = Field(default=0.1, gt=0, lt=1)
-
-    @field_validator("l1")
-    @classmethod
-    def _nonneg(cls, v: float | list[float]) -> float | list[float]:
-        vals = v if isinstance(v, list) else [v]
-        if not vals or any(x < 0 for x in vals):
-            raise ValueError("l1 must be a non-negative number or a non-empty list")
-        return v
-
-    @model_validator(mode="after")
-    def _k_fits(self) -> TranscoderParams:
-        if self.k is not None and self.k > self.width:
-            raise ValueError(f"k = {self.k} exceeds width = {self.width}")
-        return self
+class TranscoderParams(TrainParams, SparsityChoice):
+    """Training-loop settings plus the width/sparsity sweep."""
 
 
 class TranscoderModule(nn.Module):

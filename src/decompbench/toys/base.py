@@ -113,6 +113,34 @@ class Toy(nn.Module, ABC):
             raise UserError(f"toy '{self.name}' has no site '{site}' (sites: {list(self.sites)})")
 
 
+class EmbedReadoutToy(Toy):
+    """A toy with one site, ``hidden`` = ``embed(inputs)``, read by ``readout``.
+
+    Subclasses set ``self.embed`` and ``self.readout`` in ``__init__``.
+    """
+
+    embed: nn.Linear
+    readout: nn.Module
+
+    @property
+    def sites(self) -> tuple[str, ...]:
+        return ("hidden",)
+
+    @torch.no_grad()
+    def acts(self, site: str, inputs: Tensor) -> Tensor:
+        self.check_site(site)
+        out: Tensor = self.embed(inputs)
+        return out
+
+    def downstream(self, site: str) -> nn.Module:
+        self.check_site(site)
+        return self.readout
+
+    def forward(self, inputs: Tensor) -> Tensor:
+        out: Tensor = self.readout(self.embed(inputs))
+        return out
+
+
 def build_toy(name: str, params: dict[str, Any] | None, seed: int, where: str = "") -> Toy:
     """Look ``name`` up in the registry, validate ``params`` and build the toy."""
     from decompbench.registry import get_toy

@@ -45,7 +45,7 @@ from torch import Tensor, nn
 from decompbench.config import StrictModel
 from decompbench.registry import register_toy
 from decompbench.seeding import generator
-from decompbench.toys.base import Batch, GroundTruth, Toy
+from decompbench.toys.base import Batch, EmbedReadoutToy, GroundTruth
 
 
 class ComposedParams(StrictModel):
@@ -82,7 +82,7 @@ def conjunction_threshold(k: int, lo: float, hi: float) -> float:
 
 
 @register_toy("composed")
-class Composed(Toy):
+class Composed(EmbedReadoutToy):
     summary = "k factors in orthogonal subspaces; twins read them factored or as conjunctions"
     Params = ComposedParams
     params: ComposedParams
@@ -97,10 +97,6 @@ class Composed(Toy):
         self.embed = nn.Linear(sum(params.values), params.d_model, bias=False)
         self.embed.weight.data = q_DD[:, : sum(params.values)].clone()
         self.readout = self._make_readout()
-
-    @property
-    def sites(self) -> tuple[str, ...]:
-        return ("hidden",)
 
     @property
     def value_dirs_VD(self) -> Tensor:
@@ -148,17 +144,6 @@ class Composed(Toy):
         idx = [[self.offsets[f] + v for f, v in enumerate(c)] for c in self.combos]
         all_present_NC = (inputs_NV[:, torch.tensor(idx)] > 0).all(dim=2)
         return (h_ND @ gt.directions_KD.T) * all_present_NC
-
-    def acts(self, site: str, inputs: Tensor) -> Tensor:
-        self.check_site(site)
-        return self.embed(inputs)
-
-    def downstream(self, site: str) -> nn.Module:
-        self.check_site(site)
-        return self.readout
-
-    def forward(self, inputs: Tensor) -> Tensor:
-        return self.readout(self.embed(inputs))
 
     def ground_truth(self, site: str) -> GroundTruth:
         self.check_site(site)

@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from decompbench.config import StrictModel
 from decompbench.registry import register_toy
 from decompbench.seeding import generator
-from decompbench.toys.base import Batch, GroundTruth, Toy
+from decompbench.toys.base import Batch, EmbedReadoutToy, GroundTruth
 
 
 class HierarchyParams(StrictModel):
@@ -90,7 +90,7 @@ def dual_basis(u_KD: Tensor) -> Tensor:
 
 
 @register_toy("hierarchy")
-class Hierarchy(Toy):
+class Hierarchy(EmbedReadoutToy):
     summary = "absorption: 3 parents with 3 exclusive children each + 8 independent, ReLU readout"
     Params = HierarchyParams
     params: HierarchyParams
@@ -141,24 +141,8 @@ class Hierarchy(Toy):
         return Batch(inputs=feats_NK, features={"hidden": feats_NK})
 
     @property
-    def sites(self) -> tuple[str, ...]:
-        return ("hidden",)
-
-    @property
     def directions_KD(self) -> Tensor:
         return self.embed.weight.data.T
-
-    @torch.no_grad()
-    def acts(self, site: str, inputs: Tensor) -> Tensor:
-        self.check_site(site)
-        return self.embed(inputs)
-
-    def downstream(self, site: str) -> nn.Module:
-        self.check_site(site)
-        return self.readout
-
-    def forward(self, inputs: Tensor) -> Tensor:
-        return self.readout(self.embed(inputs))
 
     def ground_truth(self, site: str) -> GroundTruth:
         self.check_site(site)
