@@ -1,4 +1,4 @@
-"""Command line: `decompbench list | run | show | describe | report`.
+"""Command line: `decompbench list | run | show | describe | report | circuit`.
 
 Any bad input ends with one line on stderr and exit code 2, never a traceback.
 """
@@ -111,6 +111,15 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_circuit(args: argparse.Namespace) -> int:
+    import torch
+
+    from decompbench.circuits.cli import circuit_command
+
+    torch.set_num_threads(args.threads)
+    return circuit_command(args)
+
+
 def build_parser() -> OneLineParser:
     p = OneLineParser(prog="decompbench", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
@@ -144,6 +153,12 @@ def build_parser() -> OneLineParser:
     report = sub.add_parser("report", help="regenerate DIR/report.html and DIR/plots/*.png")
     report.add_argument("dir", type=Path, help="run directory holding results.jsonl")
     report.set_defaults(fn=cmd_report)
+    circ = sub.add_parser("circuit", help="decompose every site, wire a latent graph, score it")
+    from decompbench.circuits.cli import add_circuit_arguments
+
+    add_circuit_arguments(circ)
+    circ.add_argument("--threads", type=positive_int, default=1, help="torch threads (default 1)")
+    circ.set_defaults(fn=cmd_circuit)
     from decompbench.real.commands import add_real_commands
 
     add_real_commands(sub)  # train-real, export, import

@@ -95,6 +95,14 @@ class Toy(nn.Module, ABC):
         """
         return self.downstream(site)
 
+    def to_next_site(self, site: str) -> nn.Module:
+        """The map from ``site`` onto the next site's activations (circuit wiring).
+
+        Defaults to ``next_layer(site)``; toys whose next site is not the next layer's
+        output (a site inside the next layer, say) override it.
+        """
+        return self.next_layer(site)
+
     @abstractmethod
     def ground_truth(self, site: str) -> GroundTruth: ...
 
@@ -199,7 +207,7 @@ class DownstreamSite(ActivationSite):
         return grad
 
 
-def _frozen_copy(module: nn.Module) -> nn.Module:
+def frozen_copy(module: nn.Module) -> nn.Module:
     copy = deepcopy(module).eval()
     for param in copy.parameters():
         param.requires_grad_(False)
@@ -215,7 +223,7 @@ def downstream_site(toy: Toy, site: str, acts_ND: Tensor) -> DownstreamSite:
     """
     down = toy.downstream(site)
     nxt = toy.next_layer(site)
-    both = _frozen_copy(nn.ModuleList([down, nxt]))
+    both = frozen_copy(nn.ModuleList([down, nxt]))
     assert isinstance(both, nn.ModuleList)
     return DownstreamSite(
         site, acts_ND, downstream=both[0], next_layer=both[1], output_kind=toy.output_kind

@@ -148,6 +148,11 @@ class SuperposedCircuits(Toy):
             return nn.Sequential(self.mlp_in, nn.ReLU(), self.mlp_out)
         return self.mlp_out
 
+    def to_next_site(self, site: str) -> nn.Module:
+        """``resid`` -> ``neurons`` is the MLP's first half; ``neurons`` is the last site."""
+        self.check_site(site)
+        return nn.Sequential(self.mlp_in, nn.ReLU()) if site == "resid" else self.mlp_out
+
     def forward(self, inputs: Tensor) -> Tensor:
         return self.mlp_out(self.acts("neurons", inputs))
 
