@@ -6,7 +6,12 @@ Folders. ``train-real --out DIR`` writes::
     DIR/activations/          the activation store (manifest.json + shards; ``--store``)
     DIR/dictionary.safetensors, DIR/dictionary.json    the trained SAE (decompbench format)
     DIR/metrics.json          real-model metrics on the held-out shards
+    DIR/train_log.json        SAE methods: loss per step, dead/dense counts, step times
     DIR/checkpoint.*          while training (removed at the end)
+
+``train-real --ddp`` under ``torchrun`` trains with DistributedDataParallel
+(``real/ddp.py``): rank 0 builds the store while the others wait, every rank trains on
+its share of each batch, rank 0 saves, scores and prints.
 
 ``export DIR --format saelens`` converts ``DIR/dictionary.*`` into a SAELens folder
 (default ``DIR/saelens``); ``import DIR`` reads a SAELens folder, optionally writes it as
@@ -17,6 +22,7 @@ a decompbench dictionary (``--out``) and scores it on a toy site of the same wid
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 from collections.abc import Iterator, Sequence
@@ -25,12 +31,22 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import yaml
 
 from decompbench.errors import UserError
 from decompbench.methods.base import Decomposition, build_method
 from decompbench.methods.sae import SAEMethod
 from decompbench.progress import reporting
+from decompbench.real.ddp import (
+    TRAIN_LOG,
+    Ranks,
+    process_group,
+    ranks_from_env,
+    require_streaming,
+    train_ddp,
+    train_log_record,
+)
 from decompbench.real.dictionary import load_dictionary, save_dictionary
 from decompbench.real.metrics import real_scores
 from decompbench.real.saelens import export_saelens, import_saelens
@@ -42,9 +58,10 @@ from decompbench.real.store import (
     texts_sha256,
     write_json_atomic,
 )
-from decompbench.real.train import CKPT, CKPT_META, train_streaming
+from decompbench.real.train import CKPT, CKPT_META, StepTimer, train_streaming
 from decompbench.toys.base import ActivationSite, DownstreamSite
 
+STORE_WAIT_S = 6 * 3600.0  # --ddp: how long ranks wait on each other (rank 0 builds the store)
 REAL_KEYS = ("fvu", "l0", "dead_frac", "dense_frac", "ce_clean", "ce_spliced", "ce_zero",
              "ce_increase", "kl", "loss_recovered")  # fmt: skip
 
@@ -88,11 +105,11 @@ def in_memory(store: ActivationStore, max_rows: int) -> tuple[torch.Tensor, torc
 
 def fit_real(
     method: Decomposition, site: RealSite, store: ActivationStore, seed: int, out: Path,
-    checkpoint_every: int, max_rows: int,
+    checkpoint_every: int, max_rows: int, on_step: StepTimer | None = None,
 ) -> None:  # fmt: skip
     """SAE methods stream from the store; other methods fit on up to ``max_rows`` rows."""
     if isinstance(method, SAEMethod) and method.access == "activation_only":
-        train_streaming(method, store, seed, out, checkpoint_every)
+        train_streaming(method, store, seed, out, checkpoint_every, on_step=on_step)
         return
     acts, tokens = in_memory(store, max_rows)
     view: ActivationSite = ActivationSite(str(site.hook), acts)
@@ -102,36 +119,56 @@ def fit_real(
     method.fit(view, seed)
 
 
-def train_real(
-    model: str, hook: str, method_name: str, params: dict[str, Any],
-    data: Path | Sequence[str], out: Path, *, seq_len: int = 64, shard_seqs: int = 128,
-    max_seqs: int | None = None, dtype: str = "float32", seed: int = 0,
-    checkpoint_every: int = 500, eval_shards: int = 1, max_rows: int = 65536,
-    store_dir: Path | None = None,
-) -> dict[str, Any]:  # fmt: skip
-    """Cache, train, save and score; returns the metrics record (also in ``out/metrics.json``)."""
-    method = build_method(method_name, params, "--params")
-    site = open_site(model, hook)
-    texts, dataset = dataset_of(data)
-    out.mkdir(parents=True, exist_ok=True)
-    store_dir = store_dir or out / "activations"
-    build_store(store_dir, site, texts, dataset, seq_len, shard_seqs, max_seqs, dtype)
-    store = ActivationStore(store_dir)
+def split_store(store: ActivationStore, eval_shards: int) -> tuple[ActivationStore, ...]:
+    """(training shards, the last ``eval_shards`` held out)."""
     n = len(store.indices)
     if n <= eval_shards:
         raise UserError(
             f"the data gives {n} shard(s) but {eval_shards} are held out for evaluation: "
             "give more text or fewer sequences per shard"
         )
-    train_store, eval_store = (
-        store.select(range(n - eval_shards)),
-        store.select(range(n - eval_shards, n)),
-    )
-    fit_real(method, site, train_store, seed, out, checkpoint_every, max_rows)
+    return store.select(range(n - eval_shards)), store.select(range(n - eval_shards, n))
+
+
+def train_real(
+    model: str, hook: str, method_name: str, params: dict[str, Any],
+    data: Path | Sequence[str], out: Path, *, seq_len: int = 64, shard_seqs: int = 128,
+    max_seqs: int | None = None, dtype: str = "float32", seed: int = 0,
+    checkpoint_every: int = 500, eval_shards: int = 1, max_rows: int = 65536,
+    store_dir: Path | None = None, ranks: Ranks | None = None,
+) -> dict[str, Any] | None:  # fmt: skip
+    """Cache, train, save and score; returns the metrics record (also in ``out/metrics.json``).
+
+    With ``ranks`` (a joined DDP process group) rank 0 caches, every rank trains its share,
+    rank 0 saves and scores; the other ranks return None.
+    """
+    method = build_method(method_name, params, "--params")
+    if ranks is not None:
+        require_streaming(method)
+    main = ranks is None or ranks.is_main
+    out.mkdir(parents=True, exist_ok=True)
+    store_dir = store_dir or out / "activations"
+    if main:
+        site = open_site(model, hook)
+        texts, dataset = dataset_of(data)
+        build_store(store_dir, site, texts, dataset, seq_len, shard_seqs, max_seqs, dtype)
+    if ranks is not None:
+        dist.barrier()  # the others wait for rank 0's store
+    train_store, eval_store = split_store(ActivationStore(store_dir), eval_shards)
+    timer = StepTimer()
+    if ranks is None:
+        fit_real(method, site, train_store, seed, out, checkpoint_every, max_rows, timer)
+    else:
+        train_ddp(require_streaming(method), train_store, seed, out, ranks, checkpoint_every, timer)
+    if not main:
+        return None
     info = {"model": model, "hook": str(site.hook), "seq_len": seq_len, "store": str(store_dir)}
     saved = isinstance(method, SAEMethod)
     if saved:
         save_dictionary(method, out, info)
+    if isinstance(method, SAEMethod) and method.access == "activation_only":
+        log = train_log_record(method, seed, ranks, method.log, timer.seconds)
+        write_json_atomic(out / TRAIN_LOG, log)
     scores = real_scores(site, method, eval_store.shards())
     record = {**info, "method": method_name, "params": params, "seed": seed,
               "n_train_tokens": train_store.n_rows, "n_eval_tokens": eval_store.n_rows,
@@ -223,17 +260,30 @@ def print_metrics(title: str, scores: dict[str, Any], keys: Sequence[str] | None
 
 
 def cmd_train_real(args: argparse.Namespace) -> int:
-    if args.force:
+    if not args.ddp:
+        if args.device is not None:
+            raise UserError("--device is for --ddp (one-process training runs on the CPU)")
+        return run_train_real(args, None)
+    ranks = ranks_from_env(os.environ, args.device or "auto")
+    with process_group(ranks, timeout_s=STORE_WAIT_S):
+        return run_train_real(args, ranks)
+
+
+def run_train_real(args: argparse.Namespace, ranks: Ranks | None) -> int:
+    main = ranks is None or ranks.is_main
+    if args.force and main:
         for name in (CKPT, CKPT_META):
             (args.out / name).unlink(missing_ok=True)
-    with train_progress(args.quiet):
+    with train_progress(args.quiet or not main):
         record = train_real(
             args.model, args.hook, args.method, parse_kv(args.params, "--params"), args.data,
             args.out, seq_len=args.seq_len, shard_seqs=max(1, args.shard_tokens // args.seq_len),
             max_seqs=None if args.max_tokens is None else max(1, args.max_tokens // args.seq_len),
             dtype=args.dtype, seed=args.seed, checkpoint_every=args.checkpoint_every,
-            max_rows=args.max_rows, store_dir=args.store,
+            max_rows=args.max_rows, store_dir=args.store, ranks=ranks,
         )  # fmt: skip
+    if record is None:
+        return 0
     title = (
         f"{args.method} @ {args.model} {record['hook']} ({record['n_eval_tokens']} held-out tokens)"
     )
@@ -289,6 +339,11 @@ def add_real_commands(sub: Any) -> None:
     )
     tr.add_argument("--quiet", action="store_true", help="no progress bar")
     tr.add_argument("--force", action="store_true", help="ignore an earlier checkpoint in --out")
+    tr.add_argument(
+        "--ddp", action="store_true",
+        help="data-parallel training; run as torchrun --nproc_per_node N -m decompbench.cli ...",
+    )  # fmt: skip
+    tr.add_argument("--device", help="with --ddp: auto (default; cuda if available), cpu, cuda")
     tr.set_defaults(fn=cmd_train_real)
     ex = sub.add_parser("export", help="write a trained dictionary in another library's format")
     ex.add_argument("dir", type=Path, help="folder holding dictionary.json (from train-real)")

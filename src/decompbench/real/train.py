@@ -16,24 +16,31 @@ Every ``checkpoint_every`` steps it writes, atomically and without pickle::
 A later run with the same method, parameters, seed and store resumes from it: the state is
 loaded and the data stream fast-forwarded by ``step`` batches, so the resumed run sees the
 batches an uninterrupted one would. The checkpoint is removed once training finishes.
+
+Data-parallel training (``real/ddp.py``) runs this same loop in every process with a
+``Replica`` that takes the process's rows of each global batch, computes the loss through
+``DistributedDataParallel`` and averages the loss and the firing rates over processes; the
+default (``replica=None``) is one process, unchanged. Only the main replica writes
+checkpoints and reports progress.
 """
 
 from __future__ import annotations
 
+import math
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
 
-from decompbench.errors import UserError
-from decompbench.methods.sae import SAEMethod
+from decompbench.errors import TrainingFailed, UserError
+from decompbench.methods.sae import SAEMethod, SparseAutoencoder
 from decompbench.methods.train import (
     LatentTracker,
     TrainLog,
     TrainState,
-    _checked_loss,
-    _track,
     lr_factor,
     sparsity_factor,
 )
@@ -62,10 +69,10 @@ def save_checkpoint(
     tracker: LatentTracker, step: int, log: TrainLog,
 ) -> None:  # fmt: skip
     tensors: dict[str, Tensor] = {
-        f"model/{k}": v.detach() for k, v in method.sae.state_dict().items()
+        f"model/{k}": v.detach().cpu() for k, v in method.sae.state_dict().items()
     }
     for i, state in opt.state_dict()["state"].items():
-        tensors.update({f"opt/{i}/{k}": torch.as_tensor(v) for k, v in state.items()})
+        tensors.update({f"opt/{i}/{k}": torch.as_tensor(v).cpu() for k, v in state.items()})
     if tracker.since_fired_M is not None and tracker.rate_M is not None:
         tensors["tracker/since_fired"] = tracker.since_fired_M
         tensors["tracker/rate"] = tracker.rate_M
@@ -102,61 +109,166 @@ def load_checkpoint(
     return int(meta["step"])
 
 
-def _step(
+class Replica(Protocol):
+    """How one training process sees the others (``Single``: there are none)."""
+
+    is_main: bool  # writes checkpoints and reports progress
+    device: torch.device
+
+    def attach(self, sae: SparseAutoencoder) -> None: ...
+    def detach(self) -> None: ...
+    def rows(self, batch_BD: Tensor) -> Tensor: ...  # this process's rows, on ``device``
+    def loss(self, x_BD: Tensor) -> Tensor: ...  # mean loss over this process's rows
+    def average(self, x: Tensor) -> Tensor: ...  # mean of ``x`` over processes
+
+
+class Single:
+    """One process: the whole batch, nothing to average."""
+
+    is_main = True
+    device = torch.device("cpu")
+
+    def attach(self, sae: SparseAutoencoder) -> None:
+        self.sae = sae
+
+    def detach(self) -> None:
+        pass
+
+    def rows(self, batch_BD: Tensor) -> Tensor:
+        return batch_BD
+
+    def loss(self, x_BD: Tensor) -> Tensor:
+        return self.sae.loss(x_BD)
+
+    def average(self, x: Tensor) -> Tensor:
+        return x
+
+
+def replica_step(
     method: SAEMethod, opt: torch.optim.Optimizer, batch: Tensor, step: int,
-    tracker: LatentTracker, label: str,
+    tracker: LatentTracker, label: str, replica: Replica,
 ) -> float:  # fmt: skip
+    """One optimiser step on the global ``batch``; the loss averaged over the batch.
+
+    With equal-sized shards, the mean of per-process mean losses is the global mean loss,
+    and DDP's gradient average is its gradient; the firing rates are averaged the same
+    way, so every process's tracker (hence the dead mask the aux-k loss sees) is the
+    single-process one.
+    """
     p, sae = method.params, method.sae
     for group in opt.param_groups:
         group["lr"] = p.lr * lr_factor(step, p.steps, p.warmup_frac, p.decay_frac)
     scale = sparsity_factor(step, p.steps, p.sparsity_warmup_frac)
-    sae.set_train_state(TrainState(step, p.steps, scale, tracker.dead_M()))
-    loss = _checked_loss(sae, (batch,), label, step)
+    dead_M = tracker.dead_M()
+    dead_M = None if dead_M is None else dead_M.to(replica.device)
+    sae.set_train_state(TrainState(step, p.steps, scale, dead_M))
+    loss = replica.loss(replica.rows(batch))
+    rate_M = sae.fire_rate_M
+    stats = loss.detach().double().reshape(1)
+    if rate_M is not None:
+        stats = torch.cat([stats, rate_M.detach().double()])
+    stats = replica.average(stats).cpu()
+    value = float(stats[0])
+    if not math.isfinite(value):
+        raise TrainingFailed(f"{label}: loss became {value} at step {step}")
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
     sae.after_step()
-    _track(sae, tracker)
-    return float(loss.detach())
+    if rate_M is not None:
+        tracker.update(stats[1:] > 0, stats[1:])
+    return value
 
 
-def train_streaming(
-    method: SAEMethod, store: ActivationStore, seed: int, out_dir: Path,
-    checkpoint_every: int = 500, n_prepare: int = 16384,
-) -> TrainLog:  # fmt: skip
-    """Fit ``method`` (an SAE method) on ``store``, checkpointing into ``out_dir``."""
+def _step(
+    method: SAEMethod, opt: torch.optim.Optimizer, batch: Tensor, step: int,
+    tracker: LatentTracker, label: str,
+) -> float:  # fmt: skip
+    """One single-process step (the seam tests patch to interrupt a run)."""
+    single = Single()
+    single.attach(method.sae)
+    return replica_step(method, opt, batch, step, tracker, label, single)
+
+
+def _setup(
+    method: SAEMethod, store: ActivationStore, seed: int, n_prepare: int, device: torch.device
+) -> tuple[torch.optim.Optimizer, LatentTracker]:
+    """Build, move and prepare the module; its optimiser and latent tracker."""
     p = method.params
     method.sae = method.configure(
         method.make_module(store.d, generator(seed, f"method/{method.name}/init"))
     )
-    method.sae.train()
-    method.sae.prepare(store.head(n_prepare))
+    method.sae.to(device).train()
+    method.sae.prepare(store.head(n_prepare).to(device))
     opt = torch.optim.Adam(method.sae.parameters(), lr=p.lr)
-    log, tracker = TrainLog(), LatentTracker(p.dead_after_steps, p.dense_rate)
-    ident = run_identity(method, seed, store)
+    return opt, LatentTracker(p.dead_after_steps, p.dense_rate)
+
+
+class StepTimer:
+    """``on_step`` callback: the wall time of each step after the first (the first one also
+    pays for warm-up), in seconds."""
+
+    def __init__(self) -> None:
+        self.stamps: list[float] = []
+
+    def __call__(self, step: int) -> None:
+        self.stamps.append(time.perf_counter())
+
+    @property
+    def seconds(self) -> list[float]:
+        return [b - a for a, b in zip(self.stamps, self.stamps[1:], strict=False)]
+
+
+def train_streaming(
+    method: SAEMethod, store: ActivationStore, seed: int, out_dir: Path,
+    checkpoint_every: int = 500, n_prepare: int = 16384, replica: Replica | None = None,
+    on_step: Callable[[int], None] | None = None,
+) -> TrainLog:  # fmt: skip
+    """Fit ``method`` (an SAE method) on ``store``, checkpointing into ``out_dir``.
+
+    ``replica`` (default: one process) is how this process shares the work with others;
+    ``on_step(step)`` is called after every step (e.g. to time it).
+    """
+    main = replica is None or replica.is_main
+    device = torch.device("cpu") if replica is None else replica.device
+    opt, tracker = _setup(method, store, seed, n_prepare, device)
+    log, ident = TrainLog(), run_identity(method, seed, store)
     out_dir.mkdir(parents=True, exist_ok=True)
     start = load_checkpoint(out_dir, ident, method, opt, tracker, log)
-    stream = store.batches(p.batch_size, seed)
+    stream = store.batches(method.params.batch_size, seed)
     for _ in range(start):
         next(stream)
-    label = f"{method.name} @ {store.manifest['hook']}"
-    rep, every, shown = reporter(), max(1, p.steps // 100), start
+    label, steps = f"{method.name} @ {store.manifest['hook']}", method.params.steps
+    rep, every, shown = reporter() if main else None, max(1, steps // 100), start
     if rep is not None:
-        rep.start(label, p.steps)
+        rep.start(label, steps)
         rep.advance(start)
-    for step in range(start, p.steps):
-        log.losses.append(_step(method, opt, next(stream), step, tracker, label))
-        if (step + 1) % every == 0 or step + 1 == p.steps:
-            log.note_latents(tracker)
-            if rep is not None:
-                rep.advance(step + 1 - shown, f"loss {log.losses[-1]:.4g}")
-                shown = step + 1
-        if (step + 1) % checkpoint_every == 0 and step + 1 < p.steps:
-            save_checkpoint(out_dir, ident, method, opt, tracker, step + 1, log)
+    if replica is not None:
+        replica.attach(method.sae)
+    try:
+        for step in range(start, steps):
+            if replica is None:
+                log.losses.append(_step(method, opt, next(stream), step, tracker, label))
+            else:
+                loss = replica_step(method, opt, next(stream), step, tracker, label, replica)
+                log.losses.append(loss)
+            if on_step is not None:
+                on_step(step)
+            if (step + 1) % every == 0 or step + 1 == steps:
+                log.note_latents(tracker)
+                if rep is not None:
+                    rep.advance(step + 1 - shown, f"loss {log.losses[-1]:.4g}")
+                    shown = step + 1
+            if main and (step + 1) % checkpoint_every == 0 and step + 1 < steps:
+                save_checkpoint(out_dir, ident, method, opt, tracker, step + 1, log)
+    finally:
+        if replica is not None:
+            replica.detach()
     if rep is not None:
         rep.finish()
-    method.sae.eval()
+    method.sae.cpu().eval()
     method.log = log
-    for name in (CKPT, CKPT_META):
-        (out_dir / name).unlink(missing_ok=True)
+    if main:
+        for name in (CKPT, CKPT_META):
+            (out_dir / name).unlink(missing_ok=True)
     return log
