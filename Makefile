@@ -7,7 +7,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 OUT     ?= runs/demo
 
-.PHONY: demo test test-slow lint typecheck clean interop
+.PHONY: demo test test-slow lint typecheck clean interop bench
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -40,5 +40,19 @@ interop:
 	$(VENV_INTEROP)/bin/pip install -q sae-lens -e '.[dev,real]'
 	DECOMPBENCH_INTEROP=1 $(VENV_INTEROP)/bin/pytest -q -p no:cacheprovider -m interop tests/test_real_interop.py
 
+# Speed benchmarks (issue 9): every benchmarks/*.py, one at a time; vs_saelens.py runs in
+# a side environment with sae-lens. Measure on an idle machine: each table flags steps
+# during which other processes used the CPU.
+VENV_BENCH  := .venv-bench
+STAMP_BENCH := $(VENV_BENCH)/.installed
+$(STAMP_BENCH): pyproject.toml
+	test -x $(VENV_BENCH)/bin/python || $(PY) -m venv $(VENV_BENCH)
+	$(VENV_BENCH)/bin/pip install -q torch==2.13.0
+	$(VENV_BENCH)/bin/pip install -q sae-lens -e .
+	touch $(STAMP_BENCH)
+
+bench: $(STAMP) $(STAMP_BENCH)
+	$(BIN)/python benchmarks/run_all.py --saelens-python $(VENV_BENCH)/bin/python
+
 clean:
-	rm -rf $(VENV) $(VENV_INTEROP) runs .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(VENV_INTEROP) $(VENV_BENCH) runs .pytest_cache .mypy_cache .ruff_cache

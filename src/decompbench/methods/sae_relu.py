@@ -27,6 +27,10 @@ class ReLUSAE(SparseAutoencoder):
     def sparsity_loss(self, z_BM: Tensor) -> Tensor:
         return self.l1 * z_BM.abs().sum(dim=1).mean()
 
+    def relu_l1(self) -> float | None:
+        """ReLU latents, penalty l1 · mean sum |z| = l1 · mean sum z: the fused step applies."""
+        return self.l1
+
 
 @register_method("sae-relu")
 class SAERelu(SAEMethod):

@@ -35,6 +35,10 @@ from decompbench.progress import reporter
 from decompbench.seeding import generator
 
 FIRE_RATE_DECAY = 0.99  # exponential average of per-step firing rates (~100 steps)
+# From this many parameters on, Adam runs as one fused kernel (3x faster than the foreach
+# kernels at 4M parameters). Below it both cost the same; foreach is kept there because its
+# rounding is the one ``methods/batched.py`` mirrors bit for bit (fused differs by 1 ulp).
+FUSED_ADAM_MIN_PARAMS = 1 << 20
 
 
 class TrainParams(StrictModel):
@@ -140,6 +144,16 @@ class TrainLog:
         self.fire_rate_M = tracker.rate_M
 
 
+def make_adam(model: nn.Module, lr: float) -> torch.optim.Adam:
+    """Adam over ``model``'s parameters; the fused kernel for large float models."""
+    params = list(model.parameters())
+    fused = sum(p.numel() for p in params) >= FUSED_ADAM_MIN_PARAMS and all(
+        p.dtype in (torch.float32, torch.float64) and p.device.type in ("cpu", "cuda")
+        for p in params
+    )
+    return torch.optim.Adam(params, lr=lr, fused=True if fused else None)
+
+
 def _call_hook(model: nn.Module, name: str, *args: object) -> None:
     hook = getattr(model, name, None)
     if callable(hook):
@@ -174,7 +188,7 @@ def train(
     n = tensors[0].shape[0]
     assert all(t.shape[0] == n for t in tensors), "training tensors differ in rows"
     _call_hook(model, "prepare", *tensors)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    opt = make_adam(model, cfg.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: lr_factor(s, cfg.steps, cfg.warmup_frac, cfg.decay_frac)
     )
