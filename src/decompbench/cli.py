@@ -65,6 +65,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     import torch
 
+    from decompbench.bench.executors import usable_cores
     from decompbench.bench.report import write_report
     from decompbench.bench.runner import run_suite
     from decompbench.bench.suite import load_suite, with_seeds
@@ -77,13 +78,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         suite = with_seeds(suite, args.seeds)
         text += f"\n# seeds overridden on the command line: {args.seeds}\n"
     out = args.out or Path("runs") / time.strftime("run-%Y%m%d-%H%M%S")
-    summary = run_suite(suite, text, out, quiet=args.quiet, force=args.force, yes=args.yes)
+    summary = run_suite(
+        suite, text, out, quiet=args.quiet, force=args.force, yes=args.yes, jobs=args.jobs,
+        executor=args.executor, address=args.address, threads=args.threads,
+    )  # fmt: skip
     stances = verdict(summary.records)
     print_tables(summary.records, stances)
     print(summary.line(out))
     print(f"results: {out / 'results.jsonl'}")
     print(f"stance:  {write_stance(out, stances)}")
-    print(f"report:  {write_report(out)}")
+    print(f"report:  {write_report(out, jobs=args.jobs or usable_cores())}")
     return 0
 
 
@@ -105,9 +109,10 @@ def cmd_describe(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from decompbench.bench.executors import usable_cores
     from decompbench.bench.report import write_report
 
-    print(write_report(args.dir))
+    print(write_report(args.dir, jobs=usable_cores()))
     return 0
 
 
@@ -141,6 +146,19 @@ def build_parser() -> OneLineParser:
         help="torch threads (default 1: toy-sized tensors run fastest on one thread)",
     )
     run.add_argument("--yes", action="store_true", help="run even if the planned work is large")
+    run.add_argument(
+        "--jobs",
+        type=positive_int,
+        help="runs at once (default: one per usable CPU core, at most one per 4 runs; "
+        "with ray: the cluster's CPUs)",
+    )
+    run.add_argument(
+        "--executor",
+        choices=["local", "ray"],
+        default="local",
+        help="local processes (default) or Ray tasks",
+    )
+    run.add_argument("--address", help="Ray cluster address (with --executor ray; e.g. auto)")
     run.set_defaults(fn=cmd_run)
     show = sub.add_parser("show", help="print the tables of a finished run again")
     show.add_argument("dir", type=Path, help="run directory holding results.jsonl")

@@ -1,6 +1,7 @@
 """Per-run artefacts: what the report needs to redraw a run without retraining it.
 
-After a run is scored the runner calls ``save_run_artefacts``; it writes, under
+After a run is scored its artefacts are computed where it ran (``run_artefacts``) and
+written by the runner (``write_run_artefacts``; ``save_run_artefacts`` does both), under
 ``DIR/artefacts/``:
 
 * ``<run_key>.safetensors``: ``directions_MD`` (the method's learned unit directions),
@@ -82,18 +83,22 @@ def downstream_effect(f: Downstream, decode: Callable[[Tensor], Tensor], Z_NM: T
     """[m] mean over samples of the output change (L2) when latent m is zeroed.
 
     Zeroing a latent changes nothing on samples where it is exactly zero, so each latent
-    is evaluated on the samples where it is non-zero only (total cost ~ N x L0 rows).
+    is evaluated on the samples where it is non-zero only (total cost ~ N x L0 rows); the
+    unablated output is computed once for all samples.
     """
     n, m = Z_NM.shape
     effect = torch.zeros(m, dtype=torch.float64)
+    if n == 0:
+        return effect.float()
     nonzero_NM = Z_NM != 0
+    base_NO = torch.cat([f(decode(Z_NM[s : s + EFFECT_BATCH])) for s in range(0, n, EFFECT_BATCH)])
     for j in range(m):
         rows = nonzero_NM[:, j].nonzero().squeeze(1)
         for start in range(0, rows.numel(), EFFECT_BATCH):
-            Z_BM = Z_NM[rows[start : start + EFFECT_BATCH]]
-            ablated = Z_BM.clone()
+            part = rows[start : start + EFFECT_BATCH]
+            ablated = Z_NM[part].clone()
             ablated[:, j] = 0
-            delta = f(decode(ablated)) - f(decode(Z_BM))
+            delta = f(decode(ablated)) - base_NO[part]
             effect[j] += delta.double().reshape(delta.shape[0], -1).norm(dim=1).sum()
     return (effect / max(n, 1)).float()
 
@@ -128,7 +133,56 @@ def output_norm(downstream: Downstream, X_ND: Tensor) -> float:
     return float(y.reshape(y.shape[0], -1).norm(dim=1).mean())
 
 
+@dataclass(frozen=True)
+class ArtefactData:
+    """One run's artefacts in memory: computed where the run ran (maybe another process or
+    machine), written by the runner; plain tensors and JSON values, so it pickles."""
+
+    tensors: dict[str, Tensor]
+    info: dict[str, Any]
+
+
 @torch.no_grad()
+def run_artefacts(
+    run_key: str,
+    method: Decomposition,
+    gt: GroundTruth,
+    X_eval_ND: Tensor,
+    feats_NK: Tensor,
+    downstream: Downstream | None = None,
+    meta: Mapping[str, Any] | None = None,
+) -> ArtefactData:
+    """The tensors and metadata ``write_run_artefacts`` stores (see ``save_run_artefacts``)."""
+    assert feats_NK.shape == (X_eval_ND.shape[0], gt.directions_KD.shape[0]), "feats_NK shape"
+    artefact_paths(Path(), run_key)  # reject a bad key before any work
+    tensors = run_tensors(method, gt, X_eval_ND, downstream)
+    info: dict[str, Any] = dict(meta or {})
+    info.update(
+        format=FORMAT,
+        run_key=run_key,
+        method=info.get("method", method.name),
+        access=method.access,
+        directions=method.directions_kind,
+        feature_names=list(gt.names),
+        is_model=list(gt.is_model),
+        groups=None if gt.groups is None else list(gt.groups),
+        feature_firing_rate=(feats_NK != 0).float().mean(dim=0).tolist(),
+        n_eval=int(X_eval_ND.shape[0]),
+        downstream_output_norm=None if downstream is None else output_norm(downstream, X_eval_ND),
+        tensors={k: list(v.shape) for k, v in tensors.items()},
+    )
+    return ArtefactData(tensors, info)
+
+
+def write_run_artefacts(out_dir: Path, data: ArtefactData) -> Path:
+    """Write ``DIR/artefacts/<run_key>.safetensors`` then ``.json``; return the JSON path."""
+    tensor_path, json_path = artefact_paths(out_dir, str(data.info["run_key"]))
+    tensor_path.parent.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(tensor_path, save_tensors(data.tensors))
+    write_text_atomic(json_path, json.dumps(data.info, indent=1, allow_nan=False) + "\n")
+    return json_path
+
+
 def save_run_artefacts(
     out_dir: Path,
     run_key: str,
@@ -147,28 +201,8 @@ def save_run_artefacts(
     ``downstream`` is the scorer's network from the site to the output (never the
     method's); without it no downstream effect is stored.
     """
-    assert feats_NK.shape == (X_eval_ND.shape[0], gt.directions_KD.shape[0]), "feats_NK shape"
-    tensors = run_tensors(method, gt, X_eval_ND, downstream)
-    info: dict[str, Any] = dict(meta or {})
-    info.update(
-        format=FORMAT,
-        run_key=run_key,
-        method=info.get("method", method.name),
-        access=method.access,
-        directions=method.directions_kind,
-        feature_names=list(gt.names),
-        is_model=list(gt.is_model),
-        groups=None if gt.groups is None else list(gt.groups),
-        feature_firing_rate=(feats_NK != 0).float().mean(dim=0).tolist(),
-        n_eval=int(X_eval_ND.shape[0]),
-        downstream_output_norm=None if downstream is None else output_norm(downstream, X_eval_ND),
-        tensors={k: list(v.shape) for k, v in tensors.items()},
-    )
-    tensor_path, json_path = artefact_paths(out_dir, run_key)
-    tensor_path.parent.mkdir(parents=True, exist_ok=True)
-    write_bytes_atomic(tensor_path, save_tensors(tensors))
-    write_text_atomic(json_path, json.dumps(info, indent=1, allow_nan=False) + "\n")
-    return json_path
+    data = run_artefacts(run_key, method, gt, X_eval_ND, feats_NK, downstream, meta)
+    return write_run_artefacts(out_dir, data)
 
 
 def load_run_artefacts(out_dir: Path, run_key: str) -> RunArtefacts | None:

@@ -66,23 +66,48 @@ def downstream_scores(
     G_KD: Tensor,
     A_NK: Tensor,
     alive_M: Tensor,
+    Z_NM: Tensor,
+    Xhat_ND: Tensor,
 ) -> dict[str, float | int | None]:
     """Faithfulness of the spliced reconstruction and causal agreement of matched latents.
 
     True features are matched one-to-one (Hungarian on |cos|) to alive latents only.
+    ``Z_NM`` and ``Xhat_ND`` are ``method.encode(X_ND)`` and its decoding.
     """
-    Xhat_ND = method.decode(method.encode(X_ND))
     ids = torch.arange(alive_M.shape[0])[alive_M].tolist()
     D_alive = method.directions()[alive_M]
     match = [(k, ids[m]) for k, m in hungarian(abs_cos(G_KD, D_alive))]
-    agree, rel_err = causal.causal_agreement(
-        f, X_ND, G_KD, A_NK, match, method.encode, method.decode
-    )
+    enc, dec, f_ = reusing(method, f, X_ND, Z_NM, Xhat_ND)
+    agree, rel_err = causal.causal_agreement(f_, X_ND, G_KD, A_NK, match, enc, dec)
     return {
-        "out_fvu": causal.output_fvu(f, X_ND, Xhat_ND),
+        "out_fvu": causal.output_fvu(f_, X_ND, Xhat_ND),
         "causal_agreement": agree,
         "causal_rel_err": rel_err,
     }
+
+
+Fn = Callable[[Tensor], Tensor]
+
+
+def reusing(
+    method: Decomposition, f: nn.Module, X_ND: Tensor, Z_NM: Tensor, Xhat_ND: Tensor
+) -> tuple[Fn, Fn, Fn]:
+    """encode, decode and f that return the stored result when called on the very tensor
+    it was computed from (identity, not equality): the causal metric asks for f(X),
+    encode(X) and f(decode(encode(X))) once per matched feature, always the same tensors.
+    Same numbers as calling afresh (all three are deterministic), computed once."""
+    fX_NO, fXhat_NO = f(X_ND), f(Xhat_ND)
+
+    def enc(x: Tensor) -> Tensor:
+        return Z_NM if x is X_ND else method.encode(x)
+
+    def dec(z: Tensor) -> Tensor:
+        return Xhat_ND if z is Z_NM else method.decode(z)
+
+    def f_(x: Tensor) -> Tensor:
+        return fX_NO if x is X_ND else fXhat_NO if x is Xhat_ND else f(x)
+
+    return enc, dec, f_
 
 
 @torch.no_grad()
@@ -116,7 +141,7 @@ def score(
     if callable(extra):
         out.update({f"method_{k}": v for k, v in extra().items()})
     if downstream is not None:
-        out.update(downstream_scores(downstream, method, X_ND, G_KD, A_NK, alive))
+        out.update(downstream_scores(downstream, method, X_ND, G_KD, A_NK, alive, Z_NM, Xhat_ND))
     out.update(
         fvu=M.fvu(X_ND, Xhat_ND),
         l0=M.l0(Z_NM),

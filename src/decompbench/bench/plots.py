@@ -8,14 +8,15 @@ it orders a |cos| matrix so the Hungarian matching lies on the diagonal.
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import ListedColormap
-from matplotlib.figure import Figure
+from matplotlib.figure import Figure as MplFigure
 from matplotlib.patches import Rectangle
 from scipy.optimize import linear_sum_assignment
 
@@ -27,7 +28,23 @@ BAND_IN, GAP_IN = 0.15, 0.03  # the model/alive bands beside the heatmap, and th
 MODEL_COLOUR, DATA_COLOUR, DEAD_COLOUR = "#1f4e79", "#e0a030", "#bbbbbb"
 
 
-def png(fig: Figure, tight: bool = True) -> bytes:
+@dataclass(frozen=True)
+class Figure:
+    """A figure the report wants: ``draw(*args)`` (one of the functions below) returns its
+    PNG bytes. Only plain data inside, so it can be drawn in another process."""
+
+    name: str
+    draw: Callable[..., bytes]
+    args: tuple[Any, ...]
+    alt: str
+    caption: str = ""
+
+
+def draw_figure(fig: Figure) -> bytes:
+    return fig.draw(*fig.args)
+
+
+def png(fig: MplFigure, tight: bool = True) -> bytes:
     """PNG bytes; ``tight`` crops to the drawn content (costs a second draw)."""
     FigureCanvasAgg(fig)
     buf = io.BytesIO()
@@ -105,7 +122,7 @@ def heatmap_png(
     C = cos_KM[np.ix_(order.rows, order.cols)]
     row_names = [feature_names[i] for i in order.rows]
     size, boxes = heatmap_layout(k, m, max(map(len, row_names)), len(title))
-    fig = Figure(figsize=size)
+    fig = MplFigure(figsize=size)
     ax = fig.add_axes(boxes["heat"])
     im = ax.imshow(C, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto", interpolation="nearest")
     outline_matches(ax, order)
@@ -201,7 +218,7 @@ class Point:
 
 def sweep_png(series: dict[str, list[Point]], score_name: str, title: str) -> bytes:
     """Recovery vs L0 and FVU vs L0, one line per method through its settings."""
-    fig = Figure(figsize=(11, 4))
+    fig = MplFigure(figsize=(11, 4))
     ax_rec, ax_fvu = fig.subplots(1, 2)
     colours = [f"C{i % 10}" for i in range(len(series))]
     for (method, pts), colour in zip(sorted(series.items()), colours, strict=True):
@@ -241,7 +258,7 @@ def twin_png(
     one) is drawn as a black tick.
     """
     metrics = list(per_twin)
-    fig = Figure(figsize=(11, 1.6 + 0.42 * len(labels)))
+    fig = MplFigure(figsize=(11, 1.6 + 0.42 * len(labels)))
     axes = fig.subplots(1, len(metrics), sharey=True, squeeze=False)[0]
     y = np.arange(len(labels))
     for ax, metric in zip(axes, metrics, strict=True):

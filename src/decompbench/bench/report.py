@@ -29,6 +29,7 @@ import numpy as np
 
 from decompbench.bench import plots
 from decompbench.bench.artefacts import RunArtefacts, load_run_artefacts
+from decompbench.bench.executors import WorkerSetup, make_executor
 from decompbench.bench.results import Record, read_records, write_text_atomic
 from decompbench.bench.table import COLUMNS, Labeller, group_runs, mean_metric
 from decompbench.bench.verdict import (
@@ -49,6 +50,7 @@ from decompbench.metrics.recovery import abs_cos
 REPORT = "report.html"
 PLOTS = "plots"
 MAX_CARDS = 48  # per run; the rest are counted
+FIGURES_PER_WORKER = 8  # drawing processes: at most one per this many figures
 SECTIONS = [
     ("overview", "Overview"),
     ("stance", "Stance"),
@@ -168,21 +170,52 @@ def slug(readable: str, unique: str) -> str:
 
 
 class Images:
-    """PNGs of one report: written to ``DIR/plots/`` and embedded as base64."""
+    """PNGs of one report: written to ``DIR/plots/`` and embedded as base64.
 
-    def __init__(self, out_dir: Path) -> None:
+    Sections ask for figures with ``tag``, which returns a placeholder; ``fill`` draws them
+    all at the end (in ``jobs`` processes when there are enough of them: drawing is most
+    of a report's time) and puts each ``<figure>`` in its place.
+    """
+
+    def __init__(self, out_dir: Path, jobs: int = 1) -> None:
         self.dir = out_dir / PLOTS
+        self.jobs = jobs
+        self.figures: list[plots.Figure] = []
         self.written: list[Path] = []
 
-    def tag(self, name: str, data: bytes, alt: str, caption: str = "") -> str:
-        self.dir.mkdir(exist_ok=True)
-        path = self.dir / f"{name}.png"
+    def tag(self, fig: plots.Figure) -> str:
+        self.figures.append(fig)
+        return f"\x00figure {len(self.figures) - 1}\x00"
+
+    def drawn(self) -> list[bytes | str]:
+        """PNG bytes of every figure, in order (an error's text where drawing failed)."""
+        jobs = max(1, min(self.jobs, len(self.figures) // FIGURES_PER_WORKER))
+        pool = make_executor("local", jobs, WorkerSetup())
+        out: list[bytes | str] = [b""] * len(self.figures)
+        with pool:
+            for o in pool.imap_unordered(plots.draw_figure, self.figures):
+                out[o.index] = o.value if o.value is not None else o.error or "no image"
+        return out
+
+    def fill(self, text: str) -> str:
+        """``text`` with every placeholder replaced by its drawn figure."""
+        if self.figures:
+            self.dir.mkdir(exist_ok=True)
+        parts = {}
+        for i, (fig, data) in enumerate(zip(self.figures, self.drawn(), strict=True)):
+            parts[f"\x00figure {i}\x00"] = self.embed(fig, data)
+        return re.sub("\x00figure \\d+\x00", lambda m: parts[m.group(0)], text)
+
+    def embed(self, fig: plots.Figure, data: bytes | str) -> str:
+        if isinstance(data, str):
+            return f'<div class="missing">{e(fig.alt)}: drawing failed ({e(data)})</div>'
+        path = self.dir / f"{fig.name}.png"
         path.write_bytes(data)
         self.written.append(path)
         src = base64.b64encode(data).decode("ascii")
-        cap = f"<figcaption>{caption}</figcaption>" if caption else ""
+        cap = f"<figcaption>{fig.caption}</figcaption>" if fig.caption else ""
         return (
-            f'<figure><img src="data:image/png;base64,{src}" alt="{e(alt)}">{cap}'
+            f'<figure><img src="data:image/png;base64,{src}" alt="{e(fig.alt)}">{cap}'
             f'<div class="file">plots/{e(path.name)}</div></figure>'
         )
 
@@ -305,11 +338,11 @@ def heatmap_figure(best: Best, names: Labeller, images: Images) -> str:
     score = r.metrics.get("mcc_strict")
     title = f"{where} — {label} (seed {r.seed}; strict MCC {fmt(score)})"
     model_K = np.array(art.is_model, dtype=bool)
-    data = plots.heatmap_png(
-        best.cos_KM, art.feature_names, model_K, art.alive_M.numpy(), best.order, title
-    )
+    args = (best.cos_KM, art.feature_names, model_K, art.alive_M.numpy(), best.order, title)
     name = slug(f"heatmap-{where}-{label}", best.group.key + label)
-    return images.tag(name, data, title, selection_note(best, names))
+    return images.tag(
+        plots.Figure(name, plots.heatmap_png, args, title, selection_note(best, names))
+    )
 
 
 def heatmaps_note(th: Thresholds) -> str:
@@ -364,8 +397,8 @@ def sweeps_section(groups: list[Group], names: Labeller, images: Images, th: Thr
         series = sweep_points(g, names, th)
         if series:
             title = f"{g.title(names)}: one point per setting, mean over seeds"
-            data = plots.sweep_png(series, th.score, title)
-            fig = images.tag(slug(f"sweep-{g.title(names)}", g.key), data, title)
+            name = slug(f"sweep-{g.title(names)}", g.key)
+            fig = images.tag(plots.Figure(name, plots.sweep_png, (series, th.score, title), title))
             parts.append(f"<h3>{e(g.title(names))}</h3>{fig}")
     return "".join(parts) or "<p>No successful runs.</p>"
 
@@ -402,7 +435,8 @@ def twin_block(
     }
     toy, params, site = json.loads(key)
     title = f"{names.toy(toy, params)} @ {site}: score on each twin ({TWIN_KEY}=...)"
-    fig = images.tag(slug(f"twins-{toy}-{site}", key), plots.twin_png(labels, per, title), title)
+    name = slug(f"twins-{toy}-{site}", key)
+    fig = images.tag(plots.Figure(name, plots.twin_png, (labels, per, title), title))
     rows = [
         [e(label), *(fmt(scores[lab]["per_twin"][u]["mcc_strict"]) for u in uses),
          fmt(scores[lab]["mcc_strict"]), fmt(scores[lab]["mcc"])]
@@ -537,15 +571,15 @@ def page(out_dir: Path, body: dict[str, str]) -> str:
     )
 
 
-def render(out_dir: Path) -> str:
-    """The report's HTML; writes its PNGs to ``DIR/plots/`` on the way."""
+def render(out_dir: Path, jobs: int = 1) -> str:
+    """The report's HTML; writes its PNGs to ``DIR/plots/`` (drawn in ``jobs`` processes)."""
     records = read_records(out_dir)
     th = Thresholds()
     names = Labeller(records)
     groups = groups_of(records)
     bests = {g.key: best_runs(out_dir, records, g, th) for g in groups}
     flat = [b for g in groups for b in bests[g.key]]
-    images = Images(out_dir)
+    images = Images(out_dir, jobs)
     body = {
         "overview": overview(out_dir, records, flat),
         "stance": stance_section(records, verdict(records, th)),
@@ -556,17 +590,20 @@ def render(out_dir: Path) -> str:
         "latents": latents_section(flat, names),
         "failed": failed_section(records, names),
     }
+    text = images.fill(page(out_dir, body))
     images.drop_stale()
-    return page(out_dir, body)
+    return text
 
 
-def write_report(out_dir: Path) -> Path:
-    """Regenerate ``DIR/report.html`` and ``DIR/plots/*.png``; return the report's path."""
+def write_report(out_dir: Path, jobs: int = 1) -> Path:
+    """Regenerate ``DIR/report.html`` and ``DIR/plots/*.png``; return the report's path.
+
+    ``jobs`` processes draw the figures (at most one per ``FIGURES_PER_WORKER``)."""
     if not out_dir.is_dir():
         raise UserError(f"{out_dir}: not a directory (expected a decompbench run directory)")
     path = out_dir / REPORT
     try:
-        write_text_atomic(path, render(out_dir))
+        write_text_atomic(path, render(out_dir, jobs))
     except OSError as err:
         raise UserError(f"{out_dir}: cannot write the report: {err.strerror or err}") from None
     return path

@@ -13,30 +13,52 @@ Reliability contract:
   or scoring it becomes a ``failed`` record (``"Type: message"``) and the suite goes on;
   so do non-finite or exploded directions, latents or reconstructions. KeyboardInterrupt
   and SystemExit propagate (the records written so far stay; rerun to resume).
+* Parallel runs (``jobs``, ``executor``; see ``executors``). Runs are independent tasks
+  computed by workers (local processes or Ray tasks) and returned; the runner alone appends
+  records and writes artefacts, in completion order, so every guarantee above holds as in
+  a serial run. Each worker keeps the last toys and site samples it built, so runs of one
+  toy share them; a toy build is serialised by a file lock in the toy cache, so two
+  workers never train the same cached toy at once. After a complete run the file is
+  rewritten (atomically) in plan order, so its content does not depend on ``jobs``.
 * Cost guard. Planned work (sum over runs of steps x batch_size x width, method defaults
   filled in) above ``MAX_WORK`` needs ``yes``; otherwise nothing is written.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from contextlib import closing, contextmanager, nullcontext
 from dataclasses import dataclass
-from itertools import groupby
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import Tensor
 
-from decompbench.bench.artefacts import ARTEFACTS, save_run_artefacts
+from decompbench.bench.artefacts import (
+    ARTEFACTS,
+    ArtefactData,
+    run_artefacts,
+    write_run_artefacts,
+)
 from decompbench.bench.evaluate import score
+from decompbench.bench.executors import (
+    Executor,
+    Kind,
+    Serial,
+    WorkerSetup,
+    make_executor,
+    usable_cores,
+)
 from decompbench.bench.results import (
     RESULTS,
     SUITE_COPY,
@@ -45,15 +67,17 @@ from decompbench.bench.results import (
     append_record,
     drop_torn_tail,
     scan_results,
+    write_bytes_atomic,
     write_text_atomic,
 )
 from decompbench.bench.suite import PlannedRun, Suite, load_suite, normalised, plan_runs
 from decompbench.errors import TrainingFailed, UserError
 from decompbench.methods.base import Decomposition, build_method
 from decompbench.progress import reporting
-from decompbench.registry import get_method
+from decompbench.registry import get_method, get_toy
 from decompbench.seeding import derive_seed
 from decompbench.toys.base import ActivationSite, Toy, build_toy, downstream_site
+from decompbench.toys.trained import cache_root
 
 try:
     import fcntl
@@ -64,6 +88,7 @@ LOCK = ".decompbench.lock"
 MAX_WORK = 3e9  # ~10x the built-in suite (2.9e8: about a minute on 2 CPU cores)
 EXPLODED = 1e6  # reconstruction larger than this times the data's largest |value|
 MAX_ERROR_CHARS = 500
+RUNS_PER_WORKER = 4  # the default --jobs starts no more workers than runs / this
 
 
 @dataclass(frozen=True)
@@ -134,15 +159,22 @@ def failed_record(run: PlannedRun, suite: Suite, error: str, wall_s: float = 0.0
     return Record(**base_fields(run, suite), status="failed", error=error, wall_s=wall_s)
 
 
-def run_one(
-    toy: Toy, data: SiteData, run: PlannedRun, suite: Suite, out_dir: Path | None = None
-) -> Record:
+@dataclass(frozen=True)
+class RunResult:
+    """What a worker hands back: the run's record and, for an ok run, its artefacts."""
+
+    record: Record
+    artefacts: ArtefactData | None = None
+
+
+def run_one(toy: Toy, data: SiteData, run: PlannedRun, suite: Suite, artefacts: bool) -> RunResult:
     """Fit one method on one site and score it; any exception becomes a failed record.
 
     The scorer (never the method) uses the toy's ground truth and downstream network.
-    With ``out_dir``, the run's artefacts for the report are saved there.
+    With ``artefacts``, the run's artefacts for the report are computed (not written).
     """
     t0 = time.perf_counter()
+    saved = None
     try:
         method = build_method(run.method.name, run.method.params)
         method.fit(site_view(toy, data, method), run.seed)
@@ -150,13 +182,110 @@ def run_one(
         gt = toy.ground_truth(data.name)
         f = toy.downstream(data.name)
         metrics = score(method, gt, data.eval_feats_NK, data.eval_ND, run.seed, downstream=f)
-        if out_dir is not None:
-            save_run_artefacts(out_dir, str(run.run_id), method, gt, data.eval_ND,
-                               data.eval_feats_NK, f, meta=base_fields(run, suite))  # fmt: skip
+        if artefacts:
+            saved = run_artefacts(str(run.run_id), method, gt, data.eval_ND, data.eval_feats_NK,
+                                  f, meta=base_fields(run, suite))  # fmt: skip
     except Exception as err:  # a bug in a method must not kill the suite
-        return failed_record(run, suite, describe_error(err), time.perf_counter() - t0)
+        return RunResult(failed_record(run, suite, describe_error(err), time.perf_counter() - t0))
     wall = time.perf_counter() - t0
-    return Record(**base_fields(run, suite), status="ok", metrics=metrics, wall_s=wall)
+    return RunResult(Record(**base_fields(run, suite), status="ok", metrics=metrics, wall_s=wall),
+                     saved)  # fmt: skip
+
+
+# --- toys and site samples, built once per worker -----------------------------------------
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class Recent(OrderedDict[K, V]):
+    """The ``size`` most recently used entries (toys and samples of the runs in flight)."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def get_or_make(self, key: K, make: Callable[[], V]) -> V:
+        if key in self:
+            self.move_to_end(key)
+            return self[key]
+        value = self[key] = make()
+        while len(self) > self.size:
+            self.popitem(last=False)
+        return value
+
+
+Built = tuple[Toy | None, str | None]  # the toy, or None and why
+Sampled = tuple[SiteData | None, str]
+TOYS_KEPT: Recent[str, Built] = Recent(4)
+SITES_KEPT: Recent[str, Sampled] = Recent(4)
+
+
+def toy_key(run: PlannedRun) -> str:
+    cls = get_toy(run.toy.name)
+    return json.dumps([run.toy.name, f"{cls.__module__}.{cls.__qualname__}",
+                       normalised("toy", run.toy.name, run.toy.params), run.seed])  # fmt: skip
+
+
+@contextmanager
+def build_lock(key: str) -> Iterator[None]:
+    """Serialise builds of one toy across processes: the second waits, then loads the
+    toy its twin just trained and cached (released by the OS if the holder dies). Without
+    a writable cache there is nothing to share: no lock."""
+    name = hashlib.sha256(key.encode()).hexdigest()[:20]
+    try:
+        lock_dir = cache_root() / "locks"
+        lock_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_dir / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        yield
+        return
+    try:
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def built_toy(run: PlannedRun, lock: bool) -> Built:
+    key = toy_key(run)
+
+    def make() -> Built:
+        with build_lock(key) if lock else nullcontext():
+            return build_or_error(run, run.seed)
+
+    return TOYS_KEPT.get_or_make(key, make)
+
+
+def sampled_site(toy: Toy, run: PlannedRun, suite: Suite) -> Sampled:
+    key = json.dumps([toy_key(run), run.site, suite.n_train, suite.n_eval])
+    return SITES_KEPT.get_or_make(key, lambda: sample_or_error(toy, run.site, suite, run.seed))
+
+
+def forget_built() -> None:
+    TOYS_KEPT.clear()
+    SITES_KEPT.clear()
+
+
+@dataclass(frozen=True)
+class RunTask:
+    """One planned run as a worker receives it."""
+
+    run: PlannedRun
+    suite: Suite
+    artefacts: bool = True
+    lock_builds: bool = False
+
+
+def work(task: RunTask) -> RunResult:
+    """A worker's whole job for one run: toy and site (kept), fit, score, artefacts."""
+    run, suite = task.run, task.suite
+    toy, error = built_toy(run, task.lock_builds)
+    data, why = sampled_site(toy, run, suite) if toy is not None else (None, error or "")
+    if toy is None or data is None:
+        return RunResult(failed_record(run, suite, why))
+    return run_one(toy, data, run, suite, task.artefacts)
 
 
 # --- progress -------------------------------------------------------------------------
@@ -357,34 +486,58 @@ def sample_or_error(toy: Toy, site: str, suite: Suite, seed: int) -> tuple[SiteD
         return None, f"{describe_error(err)} (sampling site '{site}')"
 
 
-def prepared(
-    todo: list[PlannedRun], suite: Suite
-) -> Iterator[tuple[list[PlannedRun], Toy | None, SiteData | None, str]]:
-    """Group ``todo`` by toy and site, building each once; a failure comes back as text."""
-    for (seed, _), toy_runs in groupby(todo, key=lambda r: (r.seed, id(r.toy))):
-        runs = list(toy_runs)
-        toy, error = build_or_error(runs[0], seed)
-        for site, site_runs in groupby(runs, key=lambda r: r.site):
-            data, site_error = sample_or_error(toy, site, suite, seed) if toy else (None, "")
-            yield list(site_runs), toy, data, error or site_error
+def registry_setup(plan: list[PlannedRun], threads: int) -> WorkerSetup:
+    """Worker setup: torch threads, and the toys and methods not built into decompbench."""
+    toys = {r.toy.name: get_toy(r.toy.name) for r in plan}
+    methods = {r.method.name: get_method(r.method.name) for r in plan}
+
+    def extra(table: dict[str, Any]) -> dict[str, type]:
+        return {k: c for k, c in table.items() if not c.__module__.startswith("decompbench.")}
+
+    return WorkerSetup(threads, extra(toys), extra(methods))
+
+
+def finish(result: RunResult, run: PlannedRun, suite: Suite, out_dir: Path) -> Record:
+    """Write the run's artefacts (a failure there fails the run), then append its record."""
+    record = result.record
+    if result.artefacts is not None:
+        try:
+            write_run_artefacts(out_dir, result.artefacts)
+        except Exception as err:
+            record = failed_record(run, suite, describe_error(err), record.wall_s)
+    append_record(out_dir / RESULTS, record)
+    return record
 
 
 def execute(
-    todo: list[PlannedRun], suite: Suite, results: Path, shown: RunsProgress | None
-) -> list[Record]:
-    """Run ``todo`` in order; append each record as soon as it exists."""
+    todo: list[PlannedRun], suite: Suite, out_dir: Path, shown: RunsProgress | None,
+    executor: Executor,
+) -> list[Record]:  # fmt: skip
+    """Run ``todo`` on ``executor``; append each record as soon as it comes back."""
+    lock = not isinstance(executor, Serial)  # other processes may build the same toy
+    tasks = [RunTask(run, suite, lock_builds=lock) for run in todo]
     records = []
-    for runs, toy, data, error in prepared(todo, suite):
-        for run in runs:
-            if toy is None or data is None:
-                record = failed_record(run, suite, error)
+    with closing(executor.imap_unordered(work, tasks)) as outcomes:
+        for out in outcomes:
+            run = todo[out.index]
+            if out.value is None:
+                result = RunResult(failed_record(run, suite, out.error or "no result"))
             else:
-                record = run_one(toy, data, run, suite, results.parent)
-            append_record(results, record)
+                result = out.value
+            record = finish(result, run, suite, out_dir)
             records.append(record)
             if shown is not None:
                 shown.run_done(run, record)
     return records
+
+
+def in_plan_order(results: Path, plan: list[PlannedRun]) -> None:
+    """Rewrite the (complete) results file with its records in plan order, atomically."""
+    rank = {r.run_id: i for i, r in enumerate(plan)}
+    lines = [line for line in results.read_bytes().split(b"\n") if line.strip()]
+    ordered = sorted(lines, key=lambda line: rank.get(json.loads(line).get("run_id"), len(rank)))
+    if ordered != lines:
+        write_bytes_atomic(results, b"\n".join(ordered) + b"\n")
 
 
 def start_results(out_dir: Path, plan: list[PlannedRun], force: bool) -> Stored:
@@ -407,8 +560,17 @@ def run_suite(
     quiet: bool = False,
     force: bool = False,
     yes: bool = False,
+    jobs: int | None = 1,
+    executor: Kind = "local",
+    address: str | None = None,
+    threads: int = 1,
 ) -> RunSummary:
-    """Run every toy x site x method x seed not yet in ``DIR/results.jsonl``; append each."""
+    """Run every toy x site x method x seed not yet in ``DIR/results.jsonl``; append each.
+
+    ``jobs`` runs at once (local processes, or Ray tasks with ``executor="ray"``), each
+    worker with ``threads`` torch threads; ``None``: see ``local_jobs`` (local) or one per
+    CPU of the Ray cluster. One local job runs everything in this process.
+    """
     plan = plan_runs(suite)
     check_out_dir(out_dir)
     stored = Stored([], 0, 0) if force else scan_results(out_dir / RESULTS)
@@ -421,14 +583,39 @@ def run_suite(
         done = {r.run_id for r in stored.records}
         todo = [r for r in plan if r.run_id not in done]
         write_text_atomic(out_dir / SUITE_COPY, suite_text)
+        if executor == "local":
+            jobs = local_jobs(jobs, len(todo))
+        pool = make_executor(executor, jobs, registry_setup(todo, threads), address)
         if not quiet:
             say(f"{len(plan)} runs: {len(plan) - len(todo)} already recorded in {out_dir}, "
-                f"{len(todo)} to run")  # fmt: skip
-        with runs_progress(len(plan), len(plan) - len(todo), quiet) as shown:
-            try:
-                new = execute(todo, suite, out_dir / RESULTS, shown)
-            except KeyboardInterrupt:
-                if not quiet:
-                    say("interrupted; run the same command again to resume")
-                raise
-    return RunSummary(stored.records + new, skipped=len(plan) - len(todo), ran=len(new))
+                f"{len(todo)} to run{where(pool, executor)}")  # fmt: skip
+        forget_built()
+        try:
+            with pool, runs_progress(len(plan), len(plan) - len(todo), quiet) as shown:
+                new = execute(todo, suite, out_dir, shown, pool) if todo else []
+        except KeyboardInterrupt:
+            if not quiet:
+                say("interrupted; run the same command again to resume")
+            raise
+        finally:
+            forget_built()
+        if new:
+            in_plan_order(out_dir / RESULTS, plan)
+    rank = {r.run_id: i for i, r in enumerate(plan)}
+    return RunSummary(stored.records + sorted(new, key=lambda r: rank[r.run_id or ""]),
+                      skipped=len(plan) - len(todo), ran=len(new))  # fmt: skip
+
+
+def local_jobs(jobs: int | None, n_todo: int) -> int:
+    """Processes for ``n_todo`` runs: ``jobs``, or by default one per usable core but at
+    least ``RUNS_PER_WORKER`` runs each (starting a worker costs seconds: it imports torch);
+    never more than the runs to do."""
+    if jobs is None:
+        jobs = min(usable_cores(), n_todo // RUNS_PER_WORKER)
+    return max(1, min(jobs, n_todo))
+
+
+def where(pool: Executor, executor: Kind) -> str:
+    if executor == "ray":
+        return " as Ray tasks"
+    return "" if isinstance(pool, Serial) else f" in {pool.jobs} processes"
