@@ -186,6 +186,7 @@ def site_d(d: int) -> ActivationSite:
         ([("sae-relu", {"steps": 5}), ("sae-relu", {"steps": 6})], "differ in 'steps'"),
         ([("sae-topk", {"aux_k": 2}), ("sae-topk", {"aux_k": 3})], "differ in 'aux_k'"),
         ([], "at least one model"),
+        ([("sae-relu", {"batch_size": 4096, "width": 256})], "takes the fused step alone"),
     ],
 )
 def test_refuses_what_it_cannot_mirror(
