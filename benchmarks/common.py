@@ -33,6 +33,13 @@ _HZ = os.sysconf("SC_CLK_TCK")
 _CLOCK = [time.perf_counter]  # wall time; ``--cpu-clock``: this process's CPU time
 
 
+def add_shape_args(p: argparse.ArgumentParser) -> None:
+    """The issue's SAE shape: batch 4096, d_in 512, width 4096 (each overridable)."""
+    p.add_argument("--batch", type=int, default=4096)
+    p.add_argument("--d", type=int, default=512)
+    p.add_argument("--width", type=int, default=4096)
+
+
 def add_common_args(p: argparse.ArgumentParser, steps: int = 6) -> None:
     p.add_argument("--threads", type=int, default=2, help="torch threads (floor and steps)")
     p.add_argument("--steps", type=int, default=steps, help="timed steps per configuration")

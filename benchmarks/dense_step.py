@@ -24,6 +24,7 @@ from common import (
     StepClock,
     Timing,
     add_common_args,
+    add_shape_args,
     apply_common_args,
     machine_line,
     matmul_flops,
@@ -124,9 +125,7 @@ def row(name: str, t: Timing, peak: float, flops: int, floor: Floor, B: int) -> 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     add_common_args(p, steps=6)
-    p.add_argument("--batch", type=int, default=4096)
-    p.add_argument("--d", type=int, default=512)
-    p.add_argument("--width", type=int, default=4096)
+    add_shape_args(p)
     p.add_argument("--profile", action="store_true", help="print torch.profiler tables")
     a = p.parse_args()
     a.setting = apply_common_args(a)

@@ -18,6 +18,7 @@ import argparse
 import torch
 from common import (
     add_common_args,
+    add_shape_args,
     apply_common_args,
     machine_line,
     matmul_flops,
@@ -38,9 +39,7 @@ TARGET = 1.5
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     add_common_args(p, steps=6)
-    p.add_argument("--batch", type=int, default=4096)
-    p.add_argument("--d", type=int, default=512)
-    p.add_argument("--width", type=int, default=4096)
+    add_shape_args(p)
     p.add_argument("--k", type=int, default=32)
     p.add_argument("--profile", action="store_true", help="print torch.profiler tables")
     a = p.parse_args()

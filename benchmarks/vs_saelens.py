@@ -29,6 +29,7 @@ from common import (
     StepClock,
     Timing,
     add_common_args,
+    add_shape_args,
     apply_common_args,
     machine_line,
     peak_memory_mb,
@@ -117,9 +118,7 @@ def run_arch(arch: str, data: Tensor, a: argparse.Namespace) -> list[list[object
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     add_common_args(p, steps=6)
-    p.add_argument("--batch", type=int, default=4096)
-    p.add_argument("--d", type=int, default=512)
-    p.add_argument("--width", type=int, default=4096)
+    add_shape_args(p)
     a = p.parse_args()
     a.setting = apply_common_args(a)
     data = torch.randn(4 * a.batch, a.d, generator=torch.Generator().manual_seed(1))
