@@ -15,7 +15,12 @@ import yaml
 from torch import Tensor, nn
 
 from decompbench import metrics as M
-from decompbench.bench.artefacts import ARTEFACTS, load_run_artefacts, save_run_artefacts
+from decompbench.bench.artefacts import (
+    ARTEFACTS,
+    load_run_artefacts,
+    run_artefacts,
+    write_run_artefacts,
+)
 from decompbench.bench.plots import matched_order
 from decompbench.bench.report import PLOTS, REPORT, SECTIONS, write_report
 from decompbench.bench.results import RESULTS, read_records
@@ -63,8 +68,7 @@ def build_run_dir(root: Path) -> Path:
         meta = r.model_dump(
             include={"toy", "toy_params", "site", "method", "method_params", "seed"}
         )
-        save_run_artefacts(
-            out,
+        saved = run_artefacts(
             r.run_id,
             method,
             toy.ground_truth(r.site),
@@ -73,6 +77,7 @@ def build_run_dir(root: Path) -> Path:
             toy.downstream(r.site),
             meta=meta,
         )
+        write_run_artefacts(out, saved)
     return out
 
 
@@ -119,16 +124,10 @@ def test_artefacts_by_hand(tmp_path: Path) -> None:
     X = torch.tensor([[1.0, 0.0], [0.0, 2.0], [3.0, -4.0]])
     gt = GroundTruth(torch.eye(2)[[1, 0]], ("b", "a"), (True, False), (0, 1))
     feats = torch.tensor([[0.0, 1.0], [2.0, 0.0], [-4.0, 3.0]])
-    save_run_artefacts(
-        tmp_path,
-        "abc",
-        Fixed(FixedParams()),
-        gt,
-        X,
-        feats,
-        nn.Identity(),
-        meta={"toy": "hand", "seed": 3},
+    saved = run_artefacts(
+        "abc", Fixed(FixedParams()), gt, X, feats, nn.Identity(), meta={"toy": "hand", "seed": 3}
     )
+    write_run_artefacts(tmp_path, saved)
     a = load_run_artefacts(tmp_path, "abc")
     assert a is not None and a.downstream_effect_M is not None
     assert torch.allclose(a.downstream_effect_M, torch.tensor([4 / 3, 2.0]))

@@ -1,7 +1,7 @@
 """Per-run artefacts: what the report needs to redraw a run without retraining it.
 
 After a run is scored its artefacts are computed where it ran (``run_artefacts``) and
-written by the runner (``write_run_artefacts``; ``save_run_artefacts`` does both), under
+written by the runner (``write_run_artefacts``), under
 ``DIR/artefacts/``:
 
 * ``<run_key>.safetensors``: ``directions_MD`` (the method's learned unit directions),
@@ -152,7 +152,14 @@ def run_artefacts(
     downstream: Downstream | None = None,
     meta: Mapping[str, Any] | None = None,
 ) -> ArtefactData:
-    """The tensors and metadata ``write_run_artefacts`` stores (see ``save_run_artefacts``)."""
+    """The tensors and metadata ``write_run_artefacts`` stores.
+
+    ``meta`` holds the run's identity (e.g. the runner's ``base_fields``: toy,
+    toy_params, site, method, method_params, seed, ...); the ground truth's names, flags
+    and groups and the method's access and directions kind are added here.
+    ``downstream`` is the scorer's network from the site to the output (never the
+    method's); without it no downstream effect is stored.
+    """
     assert feats_NK.shape == (X_eval_ND.shape[0], gt.directions_KD.shape[0]), "feats_NK shape"
     artefact_paths(Path(), run_key)  # reject a bad key before any work
     tensors = run_tensors(method, gt, X_eval_ND, downstream)
@@ -181,28 +188,6 @@ def write_run_artefacts(out_dir: Path, data: ArtefactData) -> Path:
     write_bytes_atomic(tensor_path, save_tensors(data.tensors))
     write_text_atomic(json_path, json.dumps(data.info, indent=1, allow_nan=False) + "\n")
     return json_path
-
-
-def save_run_artefacts(
-    out_dir: Path,
-    run_key: str,
-    method: Decomposition,
-    gt: GroundTruth,
-    X_eval_ND: Tensor,
-    feats_NK: Tensor,
-    downstream: Downstream | None = None,
-    meta: Mapping[str, Any] | None = None,
-) -> Path:
-    """Write ``DIR/artefacts/<run_key>.safetensors`` and ``.json``; return the JSON path.
-
-    ``meta`` holds the run's identity (e.g. the runner's ``base_fields``: toy,
-    toy_params, site, method, method_params, seed, ...); the ground truth's names, flags
-    and groups and the method's access and directions kind are added here.
-    ``downstream`` is the scorer's network from the site to the output (never the
-    method's); without it no downstream effect is stored.
-    """
-    data = run_artefacts(run_key, method, gt, X_eval_ND, feats_NK, downstream, meta)
-    return write_run_artefacts(out_dir, data)
 
 
 def load_run_artefacts(out_dir: Path, run_key: str) -> RunArtefacts | None:
