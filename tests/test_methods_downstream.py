@@ -17,6 +17,7 @@ from decompbench.methods.downstream import (
     divergence,
     relu_leak,
 )
+from decompbench.methods.lib import jacobian_gram
 from decompbench.methods.spd import WeightCalls, duplicates_removed, plan
 from decompbench.registry import all_methods
 from decompbench.toys.base import ActivationSite, DownstreamSite, build_toy, downstream_site
@@ -211,3 +212,16 @@ def test_spd_recovers_the_columns_of_a_tiny_tms() -> None:
     assert M.mmcs(W_DF.T, D) > 0.99
     assert M.mcc(W_DF.T, D) > 0.99  # a distinct subcomponent per column
     assert n <= int(alive.sum()) <= n + 1  # at most one spare, rarely important piece
+
+
+@pytest.mark.parametrize("r", [4, 6])  # r < O = 5: forward mode; r >= O: reverse mode
+def test_lib_jacobian_gram_equals_the_per_sample_jacobians(r: int) -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 7), nn.ReLU(), nn.Linear(7, 5)).eval()
+    site = DownstreamSite("x", torch.randn(40, 6), downstream=net)
+    x_ND, unwhiten_DR = torch.randn(40, 6), torch.randn(6, r).double()
+    J_NOD = torch.func.vmap(torch.func.jacrev(lambda x: net(x[None])[0]))(x_ND).double()
+    Jw_NOR = J_NOD @ unwhiten_DR
+    want = torch.einsum("nor,nos->rs", Jw_NOR, Jw_NOR) / len(x_ND)
+    got = jacobian_gram(site, x_ND, unwhiten_DR)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)

@@ -106,3 +106,24 @@ def test_chance_level_on_4x4_twins_matches_design_note() -> None:
 def test_abs_cos_rejects_mismatched_dims() -> None:
     with pytest.raises(AssertionError):
         abs_cos(torch.eye(3), torch.eye(4))
+
+
+def test_chance_scores_are_kept_by_content_and_equal_a_fresh_computation() -> None:
+    from decompbench.bench import evaluate
+    from decompbench.toys.base import GroundTruth
+
+    g = torch.Generator().manual_seed(0)
+    G_KD = torch.linalg.qr(torch.randn(6, 6, generator=g))[0][:3]
+    gt = GroundTruth(G_KD, ("a", "b", "c"), (True, True, True))
+    A_NK = torch.rand(200, 3, generator=g)
+    X_ND = A_NK @ G_KD
+    evaluate.CHANCE_KEPT.clear()
+    first = evaluate.chance_scores(gt, G_KD, A_NK, X_ND, 4, seed=0)
+    assert first == evaluate.chance_scores_afresh(gt, G_KD, A_NK, X_ND, 4, seed=0)
+    first["mcc_chance"] = -1.0  # the caller's copy, not the kept one
+    again = evaluate.chance_scores(gt, G_KD, A_NK, X_ND.clone(), 4, seed=0)  # equal content
+    assert len(evaluate.CHANCE_KEPT) == 1 and again["mcc_chance"] != -1.0
+    other = evaluate.chance_scores(gt, G_KD, A_NK, 2 * X_ND, 4, seed=0)  # other data
+    assert len(evaluate.CHANCE_KEPT) == 2 and other == evaluate.chance_scores_afresh(
+        gt, G_KD, A_NK, 2 * X_ND, 4, seed=0
+    )

@@ -76,6 +76,7 @@ def ddp_worker(store_root: str, out_root: str) -> int:
                 "--out", f"{out_root}/{case}", "--checkpoint-every", "15", "--quiet"]  # fmt: skip
         if main(args) != 0:
             return 1
+    torch.distributed.barrier()  # rank 0 may still be writing: tear down together
     torch.distributed.destroy_process_group()
     return 0
 

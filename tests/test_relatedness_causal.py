@@ -43,6 +43,37 @@ def test_activation_relatedness_of_summed_latents() -> None:
     assert relatedness.activation_relatedness(A, Z) == [1, 2]
 
 
+def greedy_lstsq_count(y: torch.Tensor, C: torch.Tensor, r2: float) -> int | None:
+    """The textbook OMP: pick the column most correlated with the residual, refit by
+    least squares on every chosen column, until R^2 >= r2."""
+    chosen: list[int] = []
+    resid = y
+    for n in range(1, C.shape[1] + 1):
+        score = (C.T @ resid).abs() / C.norm(dim=0).clamp_min(1e-12)
+        score[chosen] = -1.0
+        chosen.append(int(score.argmax()))
+        coef = torch.linalg.lstsq(C[:, chosen], y[:, None]).solution
+        resid = y - (C[:, chosen] @ coef)[:, 0]
+        if 1 - float(resid @ resid) / float(y @ y) >= r2 - 1e-9:
+            return n
+    return None
+
+
+def test_batched_pursuit_matches_textbook_omp_target_by_target() -> None:
+    g = torch.Generator().manual_seed(1)
+    C = torch.randn(30, 12, generator=g, dtype=torch.float64)
+    C[:, 5] = C[:, 4]  # a duplicated column adds nothing once the other is chosen
+    Y = torch.randn(30, 9, generator=g, dtype=torch.float64)
+    Y[:, 0] = 0.0  # nothing to explain: 0 terms
+    Y[:, 1] = C[:, 2] - 0.5 * C[:, 7]  # exactly 2-sparse
+    Y[:, 2] = C[:, 4]
+    counts = relatedness.pursuit_counts(Y, C, r2=0.9)
+    assert counts[:3] == [0, 2, 1]
+    for t in range(1, Y.shape[1]):
+        assert counts[t] == greedy_lstsq_count(Y[:, t], C, 0.9), t
+    assert counts == [relatedness.pursuit_count(Y[:, t], C, 0.9) for t in range(9)]
+
+
 def test_output_fvu_zero_for_exact_and_one_for_mean() -> None:
     f = nn.ReLU()
     X = torch.tensor([[1.0, -1.0], [2.0, 3.0], [0.5, 1.0]])

@@ -83,12 +83,14 @@ def with_poison(base: dict[str, Any], where: str, key: str, value: Any) -> dict[
 
 not_int = st.one_of(st.text(max_size=5), st.floats(), st.booleans(), st.none(),
                     st.lists(st.integers(), max_size=2))  # fmt: skip
+# not a list of ints either (a list of ints, e.g. [0], is a valid `seeds`)
+not_int_list = not_int.filter(lambda v: not (isinstance(v, list) and v))
 POISONS = st.one_of(
     # unknown keys at every level
     st.tuples(st.sampled_from(["top", "toy", "method", "toy_params", "method_params"]),
               st.sampled_from(["sedes", "parms", "Width", "vaules", "x"]), scalars),
     # wrong types
-    st.tuples(st.just("top"), st.just("seeds"), not_int | st.lists(not_int, min_size=1)),
+    st.tuples(st.just("top"), st.just("seeds"), not_int_list | st.lists(not_int, min_size=1)),
     st.tuples(st.just("top"), st.sampled_from(["n_train", "n_eval"]), not_int),
     st.tuples(st.just("top"), st.sampled_from(["toys", "methods"]),
               st.just([]) | st.text(max_size=4) | st.integers()),

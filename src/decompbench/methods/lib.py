@@ -27,7 +27,7 @@ from decompbench.registry import register_method
 from decompbench.seeding import generator
 from decompbench.toys.base import ActivationSite, DownstreamSite
 
-CHUNK = 256
+ROWS_PER_CHUNK = 2**15  # chunk rows x output size per batch of products
 
 
 class LIBParams(StrictModel):
@@ -37,18 +37,36 @@ class LIBParams(StrictModel):
 
 
 def jacobian_gram(site: DownstreamSite, x_ND: Tensor, unwhiten_DR: Tensor) -> Tensor:
-    """[r, r] mean over samples of J~^T J~, J~ = d next_layer / d x at x_n times unwhiten."""
+    """[r, r] mean over samples of J~^T J~, J~ = d next_layer / d x at x_n times unwhiten.
 
-    def f(x_D: Tensor) -> Tensor:
-        return site.next_output(x_D[None])[0].reshape(-1)
-
-    jac = torch.func.vmap(torch.func.jacrev(f))
+    The next layer acts row by row, so every sample's J~ comes from products on whole
+    chunks: forward mode pushes each of the r columns of ``unwhiten_DR`` through on every
+    row, reverse mode pulls back each of the O output coordinates, whichever is fewer.
+    """
+    n_out = site.next_output(x_ND[:1]).reshape(-1).numel()
     gram = torch.zeros(unwhiten_DR.shape[1], unwhiten_DR.shape[1], dtype=torch.float64)
-    for start in range(0, x_ND.shape[0], CHUNK):
-        J_NOD = jac(x_ND[start : start + CHUNK]).double()
-        Jw_NOR = J_NOD @ unwhiten_DR
-        gram += torch.einsum("nor,nos->rs", Jw_NOR, Jw_NOR)
+    chunk = max(16, ROWS_PER_CHUNK // min(n_out, unwhiten_DR.shape[1]))
+    for start in range(0, x_ND.shape[0], chunk):
+        Jw_OBR = chunk_jacobian(site, x_ND[start : start + chunk], unwhiten_DR, n_out)
+        gram += torch.einsum("obr,obs->rs", Jw_OBR, Jw_OBR)
     return gram / x_ND.shape[0]
+
+
+def chunk_jacobian(site: DownstreamSite, x_BD: Tensor, unwhiten_DR: Tensor, n_out: int) -> Tensor:
+    """[O, B, r]: J~ of every row of the chunk (forward mode when r < O, else reverse)."""
+
+    def f(x: Tensor) -> Tensor:
+        return site.next_output(x).reshape(len(x), -1)
+
+    B, R = len(x_BD), unwhiten_DR.shape[1]
+    if n_out > R:  # fewer tangents than outputs: forward mode
+        tangents_RBD = unwhiten_DR.T.to(x_BD.dtype)[:, None, :].expand(R, B, -1)
+        pushed_RBO = torch.func.vmap(lambda t: torch.func.jvp(f, (x_BD,), (t,))[1])(tangents_RBD)
+        return pushed_RBO.double().transpose(0, 2)
+    vjp_fn = torch.func.vjp(f, x_BD)[1]
+    cot_OBO = torch.eye(n_out, dtype=x_BD.dtype)[:, None, :].expand(n_out, B, n_out)
+    (J_OBD,) = torch.func.vmap(vjp_fn)(cot_OBO)
+    return J_OBD.double() @ unwhiten_DR
 
 
 @register_method("lib")

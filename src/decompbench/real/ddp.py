@@ -137,6 +137,7 @@ def process_group(ranks: Ranks, timeout_s: float = 1800.0) -> Iterator[Ranks]:
         raise UserError(f"cannot join the process group ({ranks.backend}): {first}") from None
     try:
         yield ranks
+        dist.barrier()  # gloo can abort a rank that tears down while another still works
     finally:
         dist.destroy_process_group()
 
