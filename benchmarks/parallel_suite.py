@@ -1,6 +1,6 @@
 """Wall time of whole suites run serially, in local processes and as Ray tasks.
 
-    .venv/bin/python benchmarks/parallel_suite.py [--suite default] [--jobs 1,2]
+    .venv/bin/python benchmarks/parallel_suite.py [--suite FILE] [--jobs 1,2]
         [--executors local,ray] [--keep DIR]
 
 Each configuration is one ``decompbench run SUITE --out TMP --force --quiet --jobs N
@@ -76,7 +76,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--suite", action="append", help="suite YAML (repeatable; default: built-in)")
     p.add_argument("--jobs", default=f"1,{usable_cores()}", help="comma-separated job counts")
-    p.add_argument("--executors", default="local,ray", help="local and/or ray")
+    p.add_argument(
+        "--executors", default="local", help="local and/or ray (ray: one more suite, ~5 min)"
+    )
     p.add_argument("--keep", type=Path, help="keep the run directories under this directory")
     a = p.parse_args()
     jobs = sorted({1, *(int(j) for j in a.jobs.split(","))})  # jobs 1: the reference row

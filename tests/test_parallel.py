@@ -19,7 +19,7 @@ import yaml
 
 from decompbench import registry
 from decompbench.bench.executors import WORKER_DIED, Outcome, ProcessPool, Serial, WorkerSetup
-from decompbench.bench.runner import local_jobs, run_suite
+from decompbench.bench.runner import local_jobs, plan_tasks, run_suite
 from decompbench.bench.suite import parse_suite, plan_runs
 from decompbench.cli import main
 from decompbench.methods.pca import PCA, PCAParams
@@ -38,6 +38,10 @@ SUITE: dict[str, Any] = {
         {"name": "sae-relu", "params": {"width": 4, "steps": 100, "batch_size": 32}},
     ],
 }  # 2 seeds x 2 toys x 3 methods = 12 runs
+SAE = {"width": 8, "steps": 150, "batch_size": 64}
+SWEEP = [{"name": "sae-relu", "params": {**SAE, "l1": l1}} for l1 in (0.01, 0.1)] + [
+    {"name": "sae-topk", "params": {**SAE, "k": k}} for k in (1, 2)
+]  # fitted as two batched pairs per toy sample
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
@@ -149,10 +153,15 @@ def test_default_jobs_one_per_core_and_at_least_four_runs_each(
 # --- whole suites ----------------------------------------------------------------------------
 
 
-def test_two_jobs_give_the_records_and_artefacts_of_one_job_in_plan_order(tmp_path: Path) -> None:
-    serial = run(SUITE, tmp_path / "one", jobs=1)
-    parallel = run(SUITE, tmp_path / "two", jobs=2)
-    plan = [r.run_id for r in plan_runs(parse_suite(SUITE, "t"))]
+def test_two_jobs_and_batched_fits_give_the_records_and_artefacts_of_one_job_in_plan_order(
+    tmp_path: Path,
+) -> None:
+    data = {**SUITE, "methods": [*SUITE["methods"], *SWEEP]}  # 28 runs, 8 batched pairs
+    serial = run(data, tmp_path / "one", jobs=1, batch=False)
+    parallel = run(data, tmp_path / "two", jobs=2)
+    planned = plan_runs(parse_suite(data, "t"))
+    assert [len(t) for t in plan_tasks(planned, batch=True)].count(2) == 8
+    plan = [r.run_id for r in planned]
     assert [r["run_id"] for r in serial] == plan == [r["run_id"] for r in parallel]
     assert all(r["status"] == "ok" for r in parallel)
     assert without_wall(parallel) == without_wall(serial)

@@ -74,6 +74,19 @@ def test_batched_pursuit_matches_textbook_omp_target_by_target() -> None:
     assert counts == [relatedness.pursuit_count(Y[:, t], C, 0.9) for t in range(9)]
 
 
+def test_rounding_noise_of_a_rank_deficient_set_writes_nothing() -> None:
+    """Three float32 columns spanning a plane (c2 = c0/3 + c1/7 up to rounding) cannot
+    write the plane's normal, although float32 rounding makes them full rank (smallest
+    singular value ~1e-8; a tolerance of 1e-10 counted 3). A vector in the plane: 1 or 2."""
+    for seed in range(5):
+        g = torch.Generator().manual_seed(seed)
+        c0, c1 = torch.randn(3, generator=g), torch.randn(3, generator=g)
+        C_ND = torch.stack([c0, c1, c0 / 3 + c1 / 7], dim=1)
+        assert relatedness.pursuit_count(torch.linalg.cross(c0, c1), C_ND) is None
+        assert relatedness.pursuit_count(2 * c0, C_ND) == 1
+        assert relatedness.pursuit_count(c0 - c1, C_ND) in (1, 2)
+
+
 def test_output_fvu_zero_for_exact_and_one_for_mean() -> None:
     f = nn.ReLU()
     X = torch.tensor([[1.0, -1.0], [2.0, 3.0], [0.5, 1.0]])

@@ -72,6 +72,7 @@ from decompbench.bench.results import (
 )
 from decompbench.bench.suite import PlannedRun, Suite, load_suite, normalised, plan_runs
 from decompbench.errors import TrainingFailed, UserError
+from decompbench.methods import batched
 from decompbench.methods.base import Decomposition, build_method
 from decompbench.progress import reporting
 from decompbench.registry import get_method, get_toy
@@ -168,16 +169,56 @@ class RunResult:
 
 
 def run_one(toy: Toy, data: SiteData, run: PlannedRun, suite: Suite, artefacts: bool) -> RunResult:
-    """Fit one method on one site and score it; any exception becomes a failed record.
+    """Fit one method on one site and score it; any exception becomes a failed record."""
+    t0 = time.perf_counter()
+    try:
+        method = build_method(run.method.name, run.method.params)
+        method.fit(site_view(toy, data, method), run.seed)
+    except Exception as err:  # a bug in a method must not kill the suite
+        return RunResult(failed_record(run, suite, describe_error(err), time.perf_counter() - t0))
+    return scored(toy, data, run, suite, method, artefacts, time.perf_counter() - t0)
+
+
+def run_batch(
+    toy: Toy, data: SiteData, runs: tuple[PlannedRun, ...], suite: Suite, artefacts: bool
+) -> list[RunResult]:
+    """Fit ``runs`` (SAEs differing only in their sparsity coefficient, on one site) as one
+    batched job, then score each. ``batched.fit_many`` gives each model the parameters its
+    own ``fit`` gives, bit for bit, in a fraction of the time; a model whose training
+    failed comes back as that failure. If the batch cannot be formed, each run alone."""
+    t0 = time.perf_counter()
+    try:
+        methods = [build_method(r.method.name, r.method.params) for r in runs]
+        sites = [site_view(toy, data, m) for m in methods]
+        fitted = batched.fit_many(methods, sites, [r.seed for r in runs])
+    except Exception:
+        return [run_one(toy, data, r, suite, artefacts) for r in runs]
+    share = (time.perf_counter() - t0) / len(runs)  # each run's wall_s: an even share
+    return [
+        scored(toy, data, r, suite, m, artefacts, share) for r, m in zip(runs, fitted, strict=True)
+    ]
+
+
+def scored(
+    toy: Toy,
+    data: SiteData,
+    run: PlannedRun,
+    suite: Suite,
+    fitted: Decomposition | Exception,
+    artefacts: bool,
+    fit_s: float,
+) -> RunResult:
+    """Check and score a fitted method (or record why it failed); ``fit_s`` is its fit time.
 
     The scorer (never the method) uses the toy's ground truth and downstream network.
     With ``artefacts``, the run's artefacts for the report are computed (not written).
     """
-    t0 = time.perf_counter()
+    t0 = time.perf_counter() - fit_s
     saved = None
     try:
-        method = build_method(run.method.name, run.method.params)
-        method.fit(site_view(toy, data, method), run.seed)
+        if isinstance(fitted, Exception):
+            raise fitted
+        method = fitted
         check_outputs(method, data.eval_ND)
         gt = toy.ground_truth(data.name)
         f = toy.downstream(data.name)
@@ -185,7 +226,7 @@ def run_one(toy: Toy, data: SiteData, run: PlannedRun, suite: Suite, artefacts: 
         if artefacts:
             saved = run_artefacts(str(run.run_id), method, gt, data.eval_ND, data.eval_feats_NK,
                                   f, meta=base_fields(run, suite))  # fmt: skip
-    except Exception as err:  # a bug in a method must not kill the suite
+    except Exception as err:
         return RunResult(failed_record(run, suite, describe_error(err), time.perf_counter() - t0))
     wall = time.perf_counter() - t0
     return RunResult(Record(**base_fields(run, suite), status="ok", metrics=metrics, wall_s=wall),
@@ -270,22 +311,35 @@ def forget_built() -> None:
 
 @dataclass(frozen=True)
 class RunTask:
-    """One planned run as a worker receives it."""
+    """What a worker receives: one planned run, or several on one toy sample and site that
+    are fitted as one batch (see ``plan_tasks``)."""
 
-    run: PlannedRun
+    runs: tuple[PlannedRun, ...]
     suite: Suite
     artefacts: bool = True
     lock_builds: bool = False
 
 
-def work(task: RunTask) -> RunResult:
-    """A worker's whole job for one run: toy and site (kept), fit, score, artefacts."""
-    run, suite = task.run, task.suite
-    toy, error = built_toy(run, task.lock_builds)
-    data, why = sampled_site(toy, run, suite) if toy is not None else (None, error or "")
+def work(task: RunTask) -> list[RunResult]:
+    """A worker's whole job: toy and site (kept), fit, score, artefacts; one result per run."""
+    first, suite = task.runs[0], task.suite
+    toy, error = built_toy(first, task.lock_builds)
+    data, why = sampled_site(toy, first, suite) if toy is not None else (None, error or "")
     if toy is None or data is None:
-        return RunResult(failed_record(run, suite, why))
-    return run_one(toy, data, run, suite, task.artefacts)
+        return [RunResult(failed_record(r, suite, why)) for r in task.runs]
+    if len(task.runs) == 1:
+        return [run_one(toy, data, first, suite, task.artefacts)]
+    return run_batch(toy, data, task.runs, suite, task.artefacts)
+
+
+def plan_tasks(todo: list[PlannedRun], batch: bool) -> list[tuple[PlannedRun, ...]]:
+    """The runs to do as tasks, in plan order of their first run. With ``batch``, runs of
+    one toy sample and site that ``batched`` can fit together (same SAE kind and settings
+    but the sparsity coefficient) form one task."""
+    if not batch:
+        return [(r,) for r in todo]
+    groups = batched.plan_groups(todo, data_key=lambda r: (toy_key(r), r.site))
+    return [tuple(todo[i] for i in g) for g in groups]
 
 
 # --- progress -------------------------------------------------------------------------
@@ -511,23 +565,23 @@ def finish(result: RunResult, run: PlannedRun, suite: Suite, out_dir: Path) -> R
 
 def execute(
     todo: list[PlannedRun], suite: Suite, out_dir: Path, shown: RunsProgress | None,
-    executor: Executor,
+    executor: Executor, batch: bool = True,
 ) -> list[Record]:  # fmt: skip
     """Run ``todo`` on ``executor``; append each record as soon as it comes back."""
     lock = not isinstance(executor, Serial)  # other processes may build the same toy
-    tasks = [RunTask(run, suite, lock_builds=lock) for run in todo]
+    tasks = [RunTask(runs, suite, lock_builds=lock) for runs in plan_tasks(todo, batch)]
     records = []
     with closing(executor.imap_unordered(work, tasks)) as outcomes:
         for out in outcomes:
-            run = todo[out.index]
-            if out.value is None:
-                result = RunResult(failed_record(run, suite, out.error or "no result"))
-            else:
-                result = out.value
-            record = finish(result, run, suite, out_dir)
-            records.append(record)
-            if shown is not None:
-                shown.run_done(run, record)
+            runs = tasks[out.index].runs
+            results = out.value or [
+                RunResult(failed_record(r, suite, out.error or "no result")) for r in runs
+            ]
+            for run, result in zip(runs, results, strict=True):
+                record = finish(result, run, suite, out_dir)
+                records.append(record)
+                if shown is not None:
+                    shown.run_done(run, record)
     return records
 
 
@@ -564,12 +618,14 @@ def run_suite(
     executor: Kind = "local",
     address: str | None = None,
     threads: int = 1,
+    batch: bool = True,
 ) -> RunSummary:
     """Run every toy x site x method x seed not yet in ``DIR/results.jsonl``; append each.
 
     ``jobs`` runs at once (local processes, or Ray tasks with ``executor="ray"``), each
     worker with ``threads`` torch threads; ``None``: see ``local_jobs`` (local) or one per
-    CPU of the Ray cluster. One local job runs everything in this process.
+    CPU of the Ray cluster. One local job runs everything in this process. ``batch``: fit
+    runs that ``batched`` can train together as one job (same results, less time).
     """
     plan = plan_runs(suite)
     check_out_dir(out_dir)
@@ -592,7 +648,7 @@ def run_suite(
         forget_built()
         try:
             with pool, runs_progress(len(plan), len(plan) - len(todo), quiet) as shown:
-                new = execute(todo, suite, out_dir, shown, pool) if todo else []
+                new = execute(todo, suite, out_dir, shown, pool, batch) if todo else []
         except KeyboardInterrupt:
             if not quiet:
                 say("interrupted; run the same command again to resume")

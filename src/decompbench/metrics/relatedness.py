@@ -60,6 +60,11 @@ def pursuit_counts(
     return counts
 
 
+# A chosen column whose part outside the span of the columns chosen before is below this
+# fraction of its norm adds nothing. Inputs are float32 (rounding ~1e-7), so a set that is
+# rank-deficient by construction (the composed twins' 16 true directions span 13
+# dimensions) must not write vectors outside its span through its rounding noise, with
+# coefficients of 1e8. (A tolerance of 1e-10 did allow that; so does plain lstsq.)
 SPAN_TOL = 1e-6
 
 
