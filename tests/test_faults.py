@@ -218,14 +218,14 @@ def test_a_second_runner_on_the_same_directory_is_refused(
 def test_cost_guard_refuses_a_huge_suite_without_yes_and_writes_nothing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    huge = {"name": "sae-topk", "params": {"width": 512, "k": 4, "steps": 100_000}}
+    huge = {"name": "sae-topk", "params": {"width": 512, "k": 4, "steps": 1_000_000}}
     toys = [{"name": "test-faulty-toy", "params": {**TOY, "fail": "sample"}, "sites": ["hidden"]}]
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump(suite_of([huge], toys)))
     out = tmp_path / "o"
     assert main(["run", str(path), "--out", str(out), "--quiet"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "1.3e+10" in err and "--yes" in err
+    assert err.count("\n") == 1 and "1.3e+11" in err and "--yes" in err
     assert not out.exists()
     # With --yes the guard lets it through (the toy's sampler fails at once: no hours spent).
     assert main(["run", str(path), "--out", str(out), "--quiet", "--yes"]) == 0
@@ -236,6 +236,10 @@ def test_cost_estimate_by_hand_and_the_builtin_suite_passes() -> None:
     suite = parse_suite(suite_of([{"name": "sae-relu", "params": {"width": 8, "steps": 10}},
                                   {"name": "pca"}], seeds=(0, 1)), "t")  # fmt: skip
     assert planned_work(plan_runs(suite)) == 2 * 10 * 256 * 8  # default batch_size 256
+    sweep = {"name": "transcoder", "params": {"width": 8, "steps": 10, "l1": [0.1, 0.3, 1.0]}}
+    spd = {"name": "spd", "params": {"steps": 10, "batch_size": 8}}  # 4 importance values
+    suite = parse_suite(suite_of([sweep, spd]), "t")
+    assert planned_work(plan_runs(suite)) == 10 * 256 * 8 * 3 + 10 * 8 * 4
     builtin = plan_runs(load_suite(None)[0])
     assert planned_work(builtin) <= MAX_WORK
     check_cost(builtin, yes=False)

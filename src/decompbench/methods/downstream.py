@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from pydantic import Field, field_validator, model_validator
@@ -47,6 +48,8 @@ class SparsityChoice(StrictModel):
     ``l1`` may list several coefficients: each is trained and the sparsest one whose
     held-out error stays within ``tol`` is kept (``choose_sparsest``).
     """
+
+    sweep_fields: ClassVar[tuple[str, ...]] = ("l1",)  # a list: one fit per value
 
     width: int = Field(default=32, ge=1)
     l1: float | list[float] = Field(default=0.01, description="L1 coefficient(s); list: select")

@@ -44,7 +44,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field, field_validator
@@ -72,6 +72,7 @@ EPS = 1e-12
 
 
 class SPDParams(TrainParams):
+    sweep_fields: ClassVar[tuple[str, ...]] = ("importance",)  # a list: one fit per value
     components: int | None = Field(default=None, ge=1, description="per weight; 2*max(in,out)")
     importance: float | list[float] = Field(
         default=[0.003, 0.01, 0.03, 0.1], description="minimality coefficient(s); list: select"
