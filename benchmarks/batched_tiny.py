@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 D, WIDTH, BATCH, N_TRAIN = 16, 32, 256, 8192
+TARGET_SPEEDUP = 10.0
 SWEEP: dict[str, tuple[str, list[float | int]]] = {
     "sae-relu": ("l1", [0.03, 0.3]),
     "sae-topk": ("k", [2, 4]),
@@ -176,6 +177,12 @@ def suite_table(ctx: Any, threads: list[int]) -> None:
                   f"{sorted(set(r['sizes']))}", flush=True)  # fmt: skip
 
 
+def target_line(method: str, threads: int, speedup: float, diff: float) -> str:
+    met = "MET" if speedup >= TARGET_SPEEDUP and diff == 0 else "NOT met"
+    return (f"target {TARGET_SPEEDUP:.0f}x one by one with equal parameters, {method}, "
+            f"{threads} thread(s): {speedup:.1f}x, max|dp| {diff:.1e} -> {met}")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--models", type=int, default=64)
@@ -194,6 +201,7 @@ def main() -> None:
           f"cores {os.cpu_count()}; torch {torch.__version__}")  # fmt: skip
     print(f"{'method':<9} {'thr':>3} {'steps':>5} {'seq s':>7} {'bat s':>6} {'speed-up':>8} "
           f"{'cpu x':>6} {'max|dp|':>8} {'seq MB':>7} {'bat MB':>7} {'load':>9}")  # fmt: skip
+    targets: list[str] = []
     for method in args.methods:
         for threads in args.threads:
             job = dict(method=method, threads=threads, models=args.models, steps=args.steps)
@@ -203,6 +211,8 @@ def main() -> None:
                   f"{s['wall'] / b['wall']:>7.1f}x {s['cpu'] / b['cpu']:>5.1f}x "
                   f"{r['diff']:>8.1e} {s['peak_mb']:>7.1f} {b['peak_mb']:>7.1f} "
                   f"{r['load'][0]:>4.1f}-{r['load'][1]:<4.1f}", flush=True)  # fmt: skip
+            targets.append(target_line(method, threads, s["wall"] / b["wall"], r["diff"]))
+    print("\n" + "\n".join(targets))
     if args.suite:
         suite_table(ctx, args.threads)
 
