@@ -20,8 +20,8 @@ from torch import Tensor
 
 from decompbench.config import StrictModel
 from decompbench.errors import UserError
-from decompbench.methods.base import Decomposition
 from decompbench.methods.downstream import require_downstream
+from decompbench.methods.pca import CentredBasis
 from decompbench.registry import register_method
 from decompbench.toys.base import ActivationSite, DownstreamSite
 
@@ -44,7 +44,7 @@ def output_sensitivity(site: DownstreamSite, x_ND: Tensor, mu_D: Tensor) -> Tens
 
 
 @register_method("grad-pca")
-class GradPCA(Decomposition):
+class GradPCA(CentredBasis):
     summary = "PCA of activations weighted by the output's sensitivity to them"
     access = "downstream_aware"
     directions_kind = "principal axes (orthonormal)"
@@ -65,12 +65,3 @@ class GradPCA(Decomposition):
         rank = int((vals > self.params.rel_tol * vals.sum()).sum())
         m = rank if self.params.width is None else min(self.params.width, vecs.shape[1])
         self.components_MD = vecs[:, : max(m, 1)].T
-
-    def encode(self, acts_ND: Tensor) -> Tensor:
-        return ((acts_ND.double() - self.mean_D) @ self.components_MD.T).to(acts_ND.dtype)
-
-    def decode(self, latents_NM: Tensor) -> Tensor:
-        return (latents_NM.double() @ self.components_MD + self.mean_D).to(latents_NM.dtype)
-
-    def directions(self) -> Tensor:
-        return self.components_MD.float()

@@ -22,8 +22,25 @@ class PCAParams(StrictModel):
     rel_tol: float = Field(default=1e-4, gt=0, description="variance share kept as rank")
 
 
+class CentredBasis(Decomposition):
+    """Latents are projections of the centred activations on orthonormal rows
+    ``components_MD`` (float64), which are also the directions; ``fit`` sets both."""
+
+    mean_D: Tensor
+    components_MD: Tensor
+
+    def encode(self, acts_ND: Tensor) -> Tensor:
+        return ((acts_ND.double() - self.mean_D) @ self.components_MD.T).to(acts_ND.dtype)
+
+    def decode(self, latents_NM: Tensor) -> Tensor:
+        return (latents_NM.double() @ self.components_MD + self.mean_D).to(latents_NM.dtype)
+
+    def directions(self) -> Tensor:
+        return self.components_MD.float()
+
+
 @register_method("pca")
-class PCA(Decomposition):
+class PCA(CentredBasis):
     summary = "principal components of the centred activations"
     Params = PCAParams
     params: PCAParams
@@ -36,12 +53,3 @@ class PCA(Decomposition):
         rank = int((var > self.params.rel_tol * var.sum()).sum())
         m = rank if self.params.width is None else min(self.params.width, vh.shape[0])
         self.components_MD = vh[:m]
-
-    def encode(self, acts_ND: Tensor) -> Tensor:
-        return ((acts_ND.double() - self.mean_D) @ self.components_MD.T).to(acts_ND.dtype)
-
-    def decode(self, latents_NM: Tensor) -> Tensor:
-        return (latents_NM.double() @ self.components_MD + self.mean_D).to(latents_NM.dtype)
-
-    def directions(self) -> Tensor:
-        return self.components_MD.float()
