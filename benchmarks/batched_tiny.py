@@ -188,7 +188,7 @@ def main() -> None:
     parser.add_argument("--models", type=int, default=64)
     parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--threads", type=int, nargs="+", default=[1])
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--methods", nargs="+", default=list(SWEEP), choices=list(SWEEP))
     parser.add_argument("--suite", action="store_true", help="also time the built-in suite")
     parser.add_argument("--suite-only", action="store_true", help="only the suite table")
