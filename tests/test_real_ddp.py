@@ -3,6 +3,7 @@ the same loss at every step and the same final parameters, up to float rounding.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import subprocess
@@ -77,6 +78,7 @@ def ddp_worker(store_root: str, out_root: str) -> int:
         if main(args) != 0:
             return 1
     torch.distributed.barrier()  # rank 0 may still be writing: tear down together
+    gc.collect()  # no DDP reducer left for the interpreter's shutdown (DDPReplica.detach)
     torch.distributed.destroy_process_group()
     return 0
 

@@ -33,6 +33,7 @@ all ranks resume from the same checkpoint. Each rank reads the whole shards it s
 from __future__ import annotations
 
 import argparse
+import gc
 import hashlib
 import json
 import os
@@ -139,6 +140,7 @@ def process_group(ranks: Ranks, timeout_s: float = 1800.0) -> Iterator[Ranks]:
         yield ranks
         dist.barrier()  # gloo can abort a rank that tears down while another still works
     finally:
+        gc.collect()  # no DDP reducer may outlive the group (see DDPReplica.detach)
         dist.destroy_process_group()
 
 
@@ -223,6 +225,10 @@ class DDPReplica:
         if "activation" in vars(self.sae):
             delattr(self.sae, "activation")
         self.model = None
+        # DDP's wrapper sits in reference cycles; left to the interpreter's final collection,
+        # its reducer's gloo work is destroyed mid-shutdown and the process aborts
+        # ("terminate called without an active exception"). Collect it now.
+        gc.collect()
 
     def rows(self, batch_BD: Tensor) -> Tensor:
         lo = self.ranks.rank * self.per_rank
