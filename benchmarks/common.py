@@ -124,10 +124,16 @@ def summarise(clock: StepClock, skip: int = 0) -> Timing:
     return Timing(statistics.median(pool), len(clean), len(secs), max(other, default=0.0))
 
 
-def time_calls(fn: Callable[[], object], warmup: int, repeats: int) -> Timing:
-    """Time ``repeats`` calls of ``fn`` after ``warmup`` untimed ones."""
+def time_calls(
+    fn: Callable[[], object], warmup: int, repeats: int,
+    after_warmup: Callable[[], object] | None = None,
+) -> Timing:  # fmt: skip
+    """Time ``repeats`` calls of ``fn`` after ``warmup`` untimed ones (then ``after_warmup``,
+    e.g. ``reset_peak_memory``)."""
     for _ in range(warmup):
         fn()
+    if after_warmup is not None:
+        after_warmup()
     clock = StepClock()
     clock.tick()
     for _ in range(repeats):

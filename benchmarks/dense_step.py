@@ -21,7 +21,6 @@ from collections.abc import Callable
 import torch
 from common import (
     Floor,
-    StepClock,
     Timing,
     add_common_args,
     add_shape_args,
@@ -34,7 +33,7 @@ from common import (
     profile_table,
     reset_peak_memory,
     sae_gemms,
-    summarise,
+    time_calls,
     time_train,
 )
 from torch import Tensor, nn
@@ -84,15 +83,7 @@ def plain_step(model: PlainSAE, data: Tensor, batch: int) -> Callable[[], None]:
 def time_plain(
     step: Callable[[], None], warmup: int, steps: int
 ) -> tuple[Timing, float]:  # fmt: skip
-    for _ in range(warmup):
-        step()
-    reset_peak_memory()
-    clock = StepClock()
-    clock.tick()
-    for _ in range(steps):
-        step()
-        clock.tick()
-    return summarise(clock), peak_memory_mb()
+    return time_calls(step, warmup, steps, after_warmup=reset_peak_memory), peak_memory_mb()
 
 
 def relu_method(width: int, batch: int) -> tuple[SAEMethod, TrainParams]:

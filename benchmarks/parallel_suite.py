@@ -98,9 +98,9 @@ def main() -> None:
         except ImportError:
             print("ray is not installed: skipping the ray rows")
             executors.remove("ray")
-    configs = [(e, j) for e in executors for j in jobs if e == "local" or j == jobs[-1]]
+    configs = [(e, j, False) for e in executors for j in jobs if e == "local" or j == jobs[-1]]
     if not a.no_cold:  # a fresh machine's `make demo`: the toys are trained first
-        configs.append(("local", -jobs[-1]))
+        configs.append(("local", jobs[-1], True))
     rows: list[list[object]] = []
     targets = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -108,10 +108,10 @@ def main() -> None:
         for suite in a.suite or [None]:
             name = Path(suite).stem if suite else "default"
             first: dict[str, Any] | None = None
-            for executor, signed in configs:
-                n, cold = abs(signed), signed < 0
+            for executor, n, cold in configs:
                 cache = base / f"cache-{name}" if cold else None
-                got = run_config(suite, executor, n, base / f"{name}-{executor}-{signed}", cache)
+                out = base / f"{name}-{executor}-{n}{'-cold' if cold else ''}"
+                got = run_config(suite, executor, n, out, cache)
                 first = first or got
                 label = f"{executor}, cold toy cache" if cold else executor
                 same = metrics_of(got["records"]) == metrics_of(first["records"])

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
 import torch
 
+from decompbench import registry
 from decompbench.registry import all_methods
 
 # Parameters that make every registered method fit in well under a second on tiny data.
@@ -40,3 +43,19 @@ def method_name(request: pytest.FixtureRequest) -> str:
 @pytest.fixture(autouse=True)
 def _torch_threads() -> None:
     torch.set_num_threads(1)
+
+
+@contextmanager
+def registered(methods: dict[str, Any], toys: dict[str, Any]) -> Iterator[None]:
+    """Test-only methods and toys in the registry (named by their keys) for the block."""
+    registry.get_toy("composed")  # load the built-ins first
+    for table, entries in ((registry.METHODS, methods), (registry.TOYS, toys)):
+        for name, cls in entries.items():
+            cls.name = name
+            table[name] = cls
+    try:
+        yield
+    finally:
+        for table, entries in ((registry.METHODS, methods), (registry.TOYS, toys)):
+            for name in entries:
+                del table[name]

@@ -13,7 +13,6 @@ import torch
 import yaml
 from torch import Tensor, nn
 
-from decompbench import registry
 from decompbench.bench.runner import MAX_WORK, check_cost, locked, planned_work, run_suite
 from decompbench.bench.suite import load_suite, parse_suite, plan_runs
 from decompbench.cli import main
@@ -23,6 +22,7 @@ from decompbench.methods.train import TrainParams, train
 from decompbench.toys.base import ActivationSite, Batch
 from decompbench.toys.composed import Composed, ComposedParams
 from decompbench.toys.trained import TrainingTargetMissed
+from tests.conftest import registered
 
 Mode = Literal["ok", "raise", "interrupt", "nan_loss", "nan_dirs", "inf_latents", "explode",
                "bad_shape"]  # fmt: skip
@@ -105,12 +105,8 @@ class FaultyToy(Composed):
 
 @pytest.fixture(autouse=True)
 def _registered() -> Iterator[None]:
-    registry.get_toy("composed")  # load the built-ins first
-    registry.METHODS["test-faulty"] = Faulty
-    registry.TOYS["test-faulty-toy"] = FaultyToy
-    Faulty.name, FaultyToy.name = "test-faulty", "test-faulty-toy"
-    yield
-    del registry.METHODS["test-faulty"], registry.TOYS["test-faulty-toy"]
+    with registered({"test-faulty": Faulty}, {"test-faulty-toy": FaultyToy}):
+        yield
 
 
 TOY = {"values": [2, 2], "d_model": 4}

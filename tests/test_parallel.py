@@ -17,7 +17,6 @@ from typing import Any, Literal
 import pytest
 import yaml
 
-from decompbench import registry
 from decompbench.bench.executors import WORKER_DIED, Outcome, ProcessPool, Serial, WorkerSetup
 from decompbench.bench.runner import local_jobs, plan_tasks, run_suite
 from decompbench.bench.suite import parse_suite, plan_runs
@@ -25,6 +24,7 @@ from decompbench.cli import main
 from decompbench.methods.pca import PCA, PCAParams
 from decompbench.toys.composed import Composed, ComposedParams
 from decompbench.toys.trained import cache_root
+from tests.conftest import registered
 
 TOY = {"values": [2, 2], "d_model": 4}
 SUITE: dict[str, Any] = {
@@ -94,12 +94,8 @@ class SlowBuild(Composed):
 
 @pytest.fixture(autouse=True)
 def _registered() -> Iterator[None]:
-    registry.get_toy("composed")  # load the built-ins first
-    registry.METHODS["test-crashing"] = Crashing
-    registry.TOYS["test-slow-build"] = SlowBuild
-    Crashing.name, SlowBuild.name = "test-crashing", "test-slow-build"
-    yield
-    del registry.METHODS["test-crashing"], registry.TOYS["test-slow-build"]
+    with registered({"test-crashing": Crashing}, {"test-slow-build": SlowBuild}):
+        yield
 
 
 def run(data: dict[str, Any], out: Path, quiet: bool = True, **kw: Any) -> list[dict[str, Any]]:
