@@ -76,13 +76,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.suite is not None and args.builtin is not None:
         raise UserError("give a suite file or --suite NAME, not both")
     suite, text = load_suite(args.suite, args.builtin or "default")
+    builtin = args.suite is None  # a built-in suite's cost is known and documented
     if args.seeds is not None:
         suite = with_seeds(suite, args.seeds)
         text += f"\n# seeds overridden on the command line: {args.seeds}\n"
     out = args.out or Path("runs") / time.strftime("run-%Y%m%d-%H%M%S")
     summary = run_suite(
-        suite, text, out, quiet=args.quiet, force=args.force, yes=args.yes, jobs=args.jobs,
-        executor=args.executor, address=args.address, threads=args.threads,
+        suite, text, out, quiet=args.quiet, force=args.force, yes=args.yes or builtin,
+        jobs=args.jobs, executor=args.executor, address=args.address, threads=args.threads,
     )  # fmt: skip
     stances = verdict(summary.records)
     print_tables(summary.records, stances)

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from decompbench.bench.results import make_run_id
 from decompbench.config import StrictModel, validate
@@ -79,7 +79,13 @@ class MethodSpec(SpecModel):
     name: str
     params: dict[str, Any] = Field(default_factory=dict)
     # Parameter -> list of values: one method entry per combination (merged into params).
+    # A combination a site cannot take (e.g. k > width) is skipped at that site; a sweep
+    # with no valid combination at a site it runs on is an error.
     sweep: dict[str, list[Any]] | None = None
+    # A name for this entry (and its sweep): a toy's `methods:` list then picks it by this
+    # id, not by the method's name.
+    id: str | None = None
+    _sweep: int | None = PrivateAttr(default=None)  # index of the entry it was expanded from
 
 
 class Suite(SpecModel):
@@ -210,7 +216,9 @@ def expand_sweeps(methods: list[MethodSpec], where: str) -> list[MethodSpec]:
         keys = list(m.sweep)
         for combo in itertools.product(*(m.sweep[k] for k in keys)):
             params = {**m.params, **dict(zip(keys, combo, strict=True))}
-            out.append(MethodSpec(name=m.name, params=params))
+            one = MethodSpec(name=m.name, params=params, id=m.id)
+            one._sweep = i
+            out.append(one)
     return out
 
 
@@ -247,19 +255,43 @@ def resolved_params(t: ToySpec, site: str, m: MethodSpec, seed: int, where: str)
 
 
 def runs_on(t: ToySpec, m: MethodSpec) -> bool:
-    return t.methods is None or m.name in t.methods
+    """A toy's ``methods`` list picks entries by name, or by id for entries that have one."""
+    return t.methods is None or (m.id or m.name) in t.methods
+
+
+def valid_at(t: ToySpec, site: str, m: MethodSpec, seed: int, where: str) -> bool:
+    """Whether ``m`` can run at ``site``: a swept combination that cannot is skipped there
+    (False); any other invalid entry raises the one-line error."""
+    try:
+        build_method(m.name, resolved_params(t, site, m, seed, where), where)
+    except UserError:
+        if m._sweep is None:
+            raise
+        return False
+    return True
 
 
 def check_methods(suite: Suite, where: str) -> None:
-    """Validate every method entry; one with a relative width at every site it runs on."""
+    """Validate every method entry at every site it runs on; every sweep must leave at
+    least one valid combination at each of its sites."""
+    chosen: dict[tuple[int, int, str], bool] = {}
     for i, m in enumerate(suite.methods):
         here = f"{where}: methods[{i}].params ({m.name})"
-        if not is_relative(m.params):
+        if not is_relative(m.params) and m._sweep is None:
             build_method(m.name, m.params, here)
             continue
-        for t in suite.toys:
+        for j, t in enumerate(suite.toys):
             for site in (t.sites or []) if runs_on(t, m) else []:
-                build_method(m.name, resolved_params(t, site, m, suite.seeds[0], here), here)
+                ok = valid_at(t, site, m, suite.seeds[0], here)
+                if m._sweep is not None:
+                    key = (m._sweep, j, site)
+                    chosen[key] = chosen.get(key, False) or ok
+    for (i, j, site), ok in chosen.items():
+        if not ok:
+            raise UserError(
+                f"{where}: methods[{i}].sweep selects nothing at toys[{j}] site '{site}' "
+                "(no combination is valid there)"
+            )
 
 
 def parse_suite(data: Any, where: str) -> Suite:
@@ -273,11 +305,11 @@ def parse_suite(data: Any, where: str) -> Suite:
         located(get_method, m.name, f"{where}: methods[{i}].name")
         check_finite(m.params, f"{where}: methods[{i}].params")
         check_finite(m.sweep, f"{where}: methods[{i}].sweep")
-    names = {m.name for m in suite.methods}
+    names = {m.name for m in suite.methods} | {m.id for m in suite.methods if m.id}
     for i, t in enumerate(suite.toys):
         for name in set(t.methods or []) - names:
             raise UserError(
-                f"{where}: toys[{i}].methods: '{name}' is not among the suite's methods"
+                f"{where}: toys[{i}].methods: '{name}' is not among the suite's methods or ids"
             )
     methods = expand_sweeps(suite.methods, where)
     suite = suite.model_copy(update={"toys": toys, "methods": methods})
@@ -302,7 +334,8 @@ def load_suite(path: Path | None, builtin: str = "default") -> tuple[Suite, str]
 
 def with_seeds(suite: Suite, seeds: list[int]) -> Suite:
     """A copy of ``suite`` with its seeds replaced and re-validated (configs never mutate)."""
-    return validate(Suite, {**suite.model_dump(), "seeds": seeds}, "--seeds")
+    checked = validate(Suite, {**suite.model_dump(), "seeds": seeds}, "--seeds")
+    return suite.model_copy(update={"seeds": checked.seeds})  # keeps the expanded sweeps
 
 
 @dataclass(frozen=True)
@@ -328,7 +361,7 @@ def plan_runs(suite: Suite) -> list[PlannedRun]:
         for t, tparams in zip(suite.toys, toys, strict=True):
             for site in t.sites or []:
                 for m in suite.methods:
-                    if not runs_on(t, m):
+                    if not runs_on(t, m) or not valid_at(t, site, m, suite.seeds[0], m.name):
                         continue
                     given = resolved_params(t, site, m, suite.seeds[0], m.name)
                     m = MethodSpec(name=m.name, params=given) if given is not m.params else m

@@ -146,7 +146,7 @@ def twin_table(records: list[Record]) -> Table | None:
 
 def stance_table(records: list[Record], stances: list[StanceRow]) -> Table:
     th = stances[0].thresholds if stances else {}
-    table = Table(title="Stance per toy and site", caption=stance_legend(th))
+    table = Table(title="Stance per toy and site", caption=escape(stance_legend(th)))
     for h in STANCE_HEADERS:
         table.add_column(h, no_wrap=h in ("toy", "site", "stance"))
     names = Labeller(records)

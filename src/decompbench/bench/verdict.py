@@ -41,7 +41,8 @@ import numpy as np
 from decompbench.bench.results import Record, write_text_atomic
 
 TWIN_KEY = "use"
-BOOT_KEYS = ("fvu", "l0", "rel_dir_share3", "rel_dir_share3_chance")
+BOOT_KEYS = ("fvu", "l0", "n_alive", "rel_dir_share3", "rel_dir_share3_chance")
+L0_TIE = 0.05  # own rule: L0 values within 5 % of the sparsest count as equally sparse
 StanceName = Literal["1", "2a", "2b", "n/a"]
 
 
@@ -173,12 +174,17 @@ def _num(v: float | int | None) -> float | None:
 
 
 def self_select(settings: list[Setting], th: Thresholds) -> Setting:
-    """The method's own rule: sparsest setting with FVU <= target, else the lowest FVU."""
+    """The method's own rule (no ground truth): among settings with FVU <= target, the
+    sparsest (lowest L0); settings within ``L0_TIE`` of that L0 tie, and the tie goes to
+    the fewest alive latents (the shorter description), then the lowest FVU. When no
+    setting meets the target: the lowest FVU."""
     inf = float("inf")
     good = [s for s in settings if s.num("fvu", inf) <= th.fvu_target]
-    if good:
-        return min(good, key=lambda s: s.num("l0", inf))
-    return min(settings, key=lambda s: s.num("fvu", inf))
+    if not good:
+        return min(settings, key=lambda s: s.num("fvu", inf))
+    sparsest = min(s.num("l0", inf) for s in good)
+    near = [s for s in good if s.num("l0", inf) <= sparsest * (1 + L0_TIE)]
+    return min(near, key=lambda s: (s.num("n_alive", inf), s.num("fvu", inf)))
 
 
 def oracle_select(settings: list[Setting], th: Thresholds) -> Setting:
