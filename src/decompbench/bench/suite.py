@@ -180,6 +180,19 @@ def resolve_toy(t: ToySpec, seed: int, where: str) -> ToySpec:
     return t.model_copy(update={"sites": t.sites or list(toy.sites)})
 
 
+def comparable(m: MethodSpec) -> dict[str, Any]:
+    """``m``'s params with defaults filled in where they can be (not for relative widths or
+    swept combinations that are invalid everywhere: those compare as given)."""
+    if is_relative(m.params):
+        return m.params
+    try:
+        return normalised("method", m.name, m.params)
+    except UserError:
+        if m._sweep is None:
+            raise
+        return m.params
+
+
 def check_no_repeats(suite: Suite, where: str) -> None:
     """Two entries that describe the same run would record it twice: reject them."""
     seen: dict[tuple[str, str], str] = {}
@@ -191,8 +204,7 @@ def check_no_repeats(suite: Suite, where: str) -> None:
             seen[key, s] = f"toys[{i}]"
     methods: dict[str, int] = {}
     for i, m in enumerate(suite.methods):
-        given = m.params if is_relative(m.params) else normalised("method", m.name, m.params)
-        key = json.dumps([m.name, given], sort_keys=True)
+        key = json.dumps([m.name, comparable(m)], sort_keys=True)
         if key in methods:
             raise UserError(
                 f"{where}: methods[{i}] repeats methods[{methods[key]}] "
