@@ -13,7 +13,6 @@ from decompbench.errors import UserError
 from decompbench.methods.base import build_method
 from decompbench.methods.downstream import (
     Readout,
-    choose_sparsest,
     divergence,
     relu_leak,
 )
@@ -58,13 +57,6 @@ def test_divergence_is_zero_on_equal_outputs_and_kl_for_logits() -> None:
     t, p = torch.tensor([[0.0, 0.0]]), torch.tensor([[math.log(3.0), 0.0]])
     assert float(divergence(p, t, "categorical")) == pytest.approx(kl, rel=1e-5)
     assert float(divergence(y + 1, y, "mse")) == pytest.approx(3.0)
-
-
-def test_choose_sparsest_takes_the_smallest_l0_within_tolerance() -> None:
-    errors, l0s = [0.001, 0.01, 0.012, 0.05, 0.2], [3.0, 2.0, 2.5, 1.0, 0.0]
-    assert choose_sparsest(errors, l0s, tol=0.02) == 1
-    assert choose_sparsest([0.001, 0.002], [2.0, 2.0], tol=0.02) == 1  # tie: later fit
-    assert choose_sparsest([0.3, 0.1, 0.2], [1.0, 1.0, 1.0], tol=0.02) == 1  # none: best
 
 
 def test_readout_recovers_a_linear_map() -> None:

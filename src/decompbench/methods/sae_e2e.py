@@ -13,8 +13,12 @@ latent; each downstream ``nn.ReLU`` therefore gets a straight-through leak of sl
 ``relu_leak`` in its backward pass while training (the forward pass is unchanged).
 
 Selection (no ground truth): ``l1`` may be a list; every value is fitted on 90 % of the
-training activations and, among the fits whose output divergence on the other 10 % stays
-within ``tol``, the one with the smallest held-out L0 is kept. Directions: decoder rows.
+training activations and, among the fits whose output divergence on the other 10 % is
+well inside the tolerance (at most ``tol`` / 4), the one with the smallest held-out L0
+is kept (L0s within 5 % tie, broken by the lower error); when no fit is that accurate,
+the most accurate one. A fit just under ``tol`` is one whose penalty already trades the
+output for sparsity; the margin keeps the choice off that edge
+(``decompbench.methods.downstream.choose_setting``). Directions: decoder rows.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from torch import Tensor
 from decompbench.methods.downstream import (
     SparsityChoice,
     capture_linear_outputs,
-    choose_sparsest,
+    choose_from_records,
     divergence,
     holdout_split,
     output_scale,
@@ -121,9 +125,7 @@ class SAEE2E(SAEMethod):
                 {"l1": l1, "error": err, "l0": float((z > 0).float().sum(1).mean())}
             )
             fits.append(sae)
-        self.chosen = choose_sparsest(
-            [s["error"] for s in self.selection], [s["l0"] for s in self.selection], self.params.tol
-        )
+        self.chosen = choose_from_records(self.selection, "error", self.params.tol)
         self.sae = fits[self.chosen]
 
     def _fit_one(self, ds: DownstreamSite, x_ND: Tensor, l1: float, seed: int) -> E2ESAE:

@@ -9,7 +9,11 @@ features *of the computation* from the site to the next layer, not of the site a
 
 Selection (no ground truth): ``l1`` may be a list; every value is fitted on 90 % of the
 training pairs and, among the fits whose normalised prediction error on the other 10 %
-stays within ``tol``, the one with the smallest held-out L0 is kept.
+is well inside the tolerance (at most ``tol`` / 4), the one with the smallest held-out
+L0 is kept (L0s within 5 % tie, broken by the lower error); when no fit is that
+accurate, the most accurate one. A fit just under ``tol`` is one whose penalty already
+trades the output for sparsity, and such fits distort the dictionary; the margin keeps
+the choice off that edge (``decompbench.methods.downstream.choose_setting``).
 
 Directions at the site: a transcoder has no decoder into the site, and its encoder rows
 are unconstrained outside the data's span, so each latent reports its *activation-weighted
@@ -29,7 +33,7 @@ from decompbench.methods.base import Decomposition
 from decompbench.methods.downstream import (
     Readout,
     SparsityChoice,
-    choose_sparsest,
+    choose_from_records,
     holdout_split,
     output_scale,
     require_downstream,
@@ -136,9 +140,7 @@ class Transcoder(Decomposition):
                 )
             self.selection.append({"l1": l1, "error": err, "l0": l0})
             fits.append(tc)
-        self.chosen = choose_sparsest(
-            [s["error"] for s in self.selection], [s["l0"] for s in self.selection], self.params.tol
-        )
+        self.chosen = choose_from_records(self.selection, "error", self.params.tol)
         self.tc = fits[self.chosen]
         self._directions_MD = self._site_directions(ds.acts_ND)
         self.readout = Readout.fit(self.encode(ds.acts_ND), ds.acts_ND)
