@@ -57,3 +57,10 @@ def test_the_suite_loads_and_plans_both_twins_of_every_configuration() -> None:
     assert all(u == {"factored", "composed"} for u in uses.values())
     wanted = DOWNSTREAM_AWARE | {"weights", "random", "sae-topk", "sae-relu"}
     assert all(m >= wanted for m in methods.values())
+
+
+def test_the_reduced_suite_loads_and_takes_its_configurations_from_the_sweep() -> None:
+    full, _ = load_suite(EXAMPLES / "twin_sweep.yaml")
+    reduced, _ = load_suite(EXAMPLES / "twin_sweep_reduced.yaml")
+    assert plan_runs(reduced)
+    assert all(t in full.toys for t in reduced.toys)
