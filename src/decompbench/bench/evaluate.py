@@ -179,4 +179,5 @@ def score(
         n_true=int(G_KD.shape[0]),
     )
     out.update(chance_scores(gt, G_KD, A_NK, X_ND, max(int(alive.sum()), 1), seed))
+    out.update(method.convergence())
     return out
