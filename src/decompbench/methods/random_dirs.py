@@ -35,6 +35,7 @@ class RandomParams(StrictModel):
 @register_method("random")
 class RandomDirections(Decomposition):
     summary = "baseline: random unit directions in the span of the activations"
+    baseline = True
     directions_kind = "random"
     Params = RandomParams
     params: RandomParams

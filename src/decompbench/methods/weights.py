@@ -45,6 +45,7 @@ def unit_nonzero_rows(W_OD: Tensor) -> Tensor:
 @register_method("weights")
 class FirstLayerWeights(Decomposition):
     summary = "baseline: normalised rows of the first linear map the downstream applies"
+    baseline = True
     access = "downstream_aware"
     directions_kind = "first downstream weight rows"
     Params = WeightsParams
