@@ -65,6 +65,10 @@ class Decomposition(ABC):
         log = self.training_log()
         return {} if log is None else log.convergence()
 
+    def extra_metrics(self) -> dict[str, float]:
+        """Method-specific numbers recorded as ``method_<key>`` (e.g. direct-sum's split)."""
+        return {}
+
 
 def build_method(name: str, params: dict[str, Any] | None, where: str = "") -> Decomposition:
     """Look ``name`` up in the registry and validate ``params``."""
