@@ -1,4 +1,5 @@
-"""Command line: `decompbench list | run | show | describe | report | circuit`.
+"""Command line: `decompbench list | run | show | describe | report | circuit | train-real |
+export | import | export-acts | score`; ``--plugin MODULE`` (repeatable) on most of them.
 
 Any bad input ends with one line on stderr and exit code 2, never a traceback.
 """
