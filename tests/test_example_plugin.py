@@ -68,7 +68,7 @@ def test_example_plugin_package_installs_and_runs(tmp_path: Path) -> None:
            "--no-index", "--target", str(site), str(source)]  # fmt: skip
     subprocess.run(pip, check=True, capture_output=True, timeout=300)
     assert list(site.glob("*.dist-info/entry_points.txt"))
-    env = {**os.environ, "PYTHONPATH": str(site), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(site), "OMP_NUM_THREADS": "1", "COLUMNS": "250"}
     cli = [sys.executable, "-m", "decompbench.cli"]
     suite = tmp_path / "suite.yaml"
     suite.write_text(yaml.safe_dump({**TINY, "methods": [{"name": "example-kmeans"}]}))
@@ -78,4 +78,6 @@ def test_example_plugin_package_installs_and_runs(tmp_path: Path) -> None:
     assert ran.returncode == 0, ran.stderr
     recs = records(out)
     assert [(r["method"], r["status"]) for r in recs] == [("example-kmeans", "ok")] * 2
-    assert "example-kmeans" in ran.stdout and "example-kmeans" in (out / "report.html").read_text()
+    assert "example-kmeans" in ran.stdout  # the tables
+    assert "example-kmeans" in (out / "report.html").read_text()
+    assert "example-kmeans" in (out / "stance.json").read_text()

@@ -117,10 +117,12 @@ def evaluate(
 
 
 def suite_of(suite: str | Path | Mapping[str, Any] | None) -> tuple[Any, str]:
-    from decompbench.bench.suite import Suite, load_suite, parse_suite
+    from decompbench.bench.suite import BUILTIN_SUITES, Suite, load_suite, parse_suite
 
-    if suite is None or isinstance(suite, str | Path):
-        return load_suite(None if suite is None else Path(suite))
+    if suite is None or (suite in BUILTIN_SUITES and not Path(str(suite)).exists()):
+        return load_suite(None, str(suite or "default"))
+    if isinstance(suite, str | Path):
+        return load_suite(Path(suite))
     if isinstance(suite, Suite):
         return suite, yaml.safe_dump(suite.model_dump(mode="json"), sort_keys=False)
     data = dict(suite)
@@ -140,8 +142,8 @@ def run_suite(
     quiet: bool = True,
     report: bool = True,
 ) -> list[Record]:
-    """Run a suite (a YAML path, a dict in the suite-file layout, a ``Suite``, or ``None``
-    for the built-in one) into ``out`` as ``decompbench run`` does, writing
+    """Run a suite (a YAML path, a dict in the suite-file layout, a ``Suite``, a built-in
+    suite's name or ``None`` for the default one) into ``out`` as ``decompbench run`` does, writing
     ``results.jsonl``, ``stance.json`` and (with ``report``) ``report.html``. Returns every
     record of the suite."""
     from decompbench.bench import runner
@@ -156,7 +158,8 @@ def run_suite(
     if seeds is not None:
         parsed = with_seeds(parsed, seeds)
     out = Path(out)
-    summary = runner.run_suite(parsed, text, out, quiet=quiet, force=force, yes=yes,
+    builtin = suite is None or (isinstance(suite, str) and not Path(suite).exists())
+    summary = runner.run_suite(parsed, text, out, quiet=quiet, force=force, yes=yes or builtin,
                                jobs=jobs, executor=executor)  # type: ignore[arg-type]  # fmt: skip
     write_stance(out, verdict(summary.records))
     if report:
