@@ -20,6 +20,7 @@ from decompbench.bench.runner import site_data
 from decompbench.cli import main
 from decompbench.methods.base import build_method
 from decompbench.real.commands import score_on_toy
+from decompbench.real.dictionary import save_dictionary
 from decompbench.real.saelens import export_saelens, import_saelens, saelens_tensors
 from decompbench.real.store import file_sha256
 from decompbench.toys.base import ActivationSite, build_toy
@@ -151,13 +152,18 @@ def test_saelens_sparsify_and_plain_files_of_one_sae_score_alike(
     # a plain file with the decoder only: least-squares latents, same directions
     save_file({"W_dec": t["W_dec"], "b_dec": t["b_dec"]}, str(tmp_path / "plain.safetensors"))
     m_plain = scored(tmp_path / "plain.safetensors", capsys, run)
+    save_dictionary(trained_topk, tmp_path / "ours", {})  # as train-real / import --out write
+    m_ours = scored(tmp_path / "ours", capsys, run)
+    for key in SAME:
+        assert m_ours[key] == pytest.approx(m_saelens[key], rel=1e-5, abs=1e-7), key
     for key in SAME:
         assert m_sparsify[key] == pytest.approx(m_saelens[key], rel=1e-5, abs=1e-7), key
     for key in ("mcc", "mmcs", "recall"):  # direction scores: every latent is alive in both
         assert m_plain[key] == pytest.approx(m_saelens[key], rel=1e-6), key
     assert m_plain["fvu"] < 1e-3  # least squares on a full-rank decoder reconstructs
     assert [r["method"] for r in records(run)] == [
-        "saelens:saelens", "sparsify:sparsify", "safetensors:plain.safetensors"]  # fmt: skip
+        "saelens:saelens", "sparsify:sparsify", "safetensors:plain.safetensors",
+        "decompbench:ours"]  # fmt: skip
 
 
 def test_plain_file_with_an_encoder_is_the_saelens_sae(trained_topk: Any, tmp_path: Path) -> None:

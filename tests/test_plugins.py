@@ -222,6 +222,12 @@ BAD = {
         "is not a subclass of decompbench.Decomposition",
     ),
     "raises": ("raise RuntimeError('boom')\n", "failed while importing: RuntimeError: boom"),
+    "toy_no_acts": (
+        "from decompbench import StrictModel, Toy, register_toy\n"
+        "class P(StrictModel):\n    pass\n"
+        "@register_toy('bad-toy')\nclass T(Toy):\n    Params = P\n",
+        "toy 'bad-toy' (T) does not define acts, downstream, ground_truth, sample, sites",
+    ),
 }
 
 
@@ -273,3 +279,21 @@ def test_entry_points_are_loaded_once(tmp_path: Path, monkeypatch: pytest.Monkey
     monkeypatch.setitem(plugins._entry_points_state, "loaded", False)
     assert registry.get_method("ext-ep").__module__ == "ext_ep"
     assert "ext_ep" in plugins.LOADED
+
+
+def test_a_plugin_toy_is_described_and_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "ext_toy.py").write_text(
+        "from decompbench import register_toy\n"
+        "from decompbench.toys.composed import Composed\n"
+        "@register_toy('ext-composed')\nclass Mine(Composed):\n    pass\n"
+    )
+    plugin = str(tmp_path / "ext_toy.py")
+    assert main(["describe", "ext-composed", "--json", "--plugin", plugin]) == 0
+    assert json.loads(capsys.readouterr().out)["sites"]["hidden"]["d"] == 16
+    suite = tmp_path / "suite.yaml"
+    entries = {"toys": [{"name": "ext-composed"}], "methods": [{"name": "pca"}]}
+    suite.write_text(yaml.safe_dump({**SUITE, **entries, "plugins": ["ext_toy.py"]}))
+    assert main(["run", str(suite), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    assert [(r["toy"], r["status"]) for r in records(tmp_path / "run")] == [("ext-composed", "ok")]
