@@ -31,7 +31,13 @@ from decompbench.bench import plots
 from decompbench.bench.artefacts import RunArtefacts, load_run_artefacts
 from decompbench.bench.executors import WorkerSetup, make_executor
 from decompbench.bench.results import Record, read_records, write_text_atomic
-from decompbench.bench.rows import STANCE_HEADERS, STANCE_MEANING, stance_cells, stance_legend
+from decompbench.bench.rows import (
+    STANCE_HEADERS,
+    STANCE_MEANING,
+    stance_cells,
+    stance_legend,
+    summary_sentence,
+)
 from decompbench.bench.table import COLUMNS, Labeller, group_runs, mean_metric
 from decompbench.bench.verdict import (
     TWIN_KEY,
@@ -232,6 +238,24 @@ class Images:
 # --- sections -------------------------------------------------------------------------
 
 
+def answer(records: list[Record], stances: list[StanceRow]) -> str:
+    """The generated summary at the top: one sentence per toy and site, and the legend."""
+    names = Labeller(records)
+    items = "".join(
+        f"<li>{e(summary_sentence(s, names.toy(s.toy, s.toy_params)))}</li>" for s in stances
+    )
+    legend = "".join(
+        f'<li><span class="badge {STANCE_CLASS.get(k, "sna")}">{e(k)}</span> {e(v)}</li>'
+        for k, v in STANCE_MEANING.items()
+    )
+    return (
+        "<p><b>Does an activation-only decomposition find the features the model uses?</b> "
+        "Per toy and site:</p>"
+        f'<ul class="summary">{items}</ul><p class="note">Stances:</p><ul class="legend">'
+        f"{legend}</ul>"
+    )
+
+
 def overview(out_dir: Path, records: list[Record], bests: list[Best]) -> str:
     ok = sum(r.status == "ok" for r in records)
     with_art = sum(b.artefacts is not None for b in bests)
@@ -247,11 +271,11 @@ def overview(out_dir: Path, records: list[Record], bests: list[Best]) -> str:
     return (
         f'<table class="facts">{rows}</table><p class="note">Scores are on held-out samples '
         "against the model's features; numbers in grey brackets are the same score for "
-        "random dictionaries of the same size in the data's span (chance).</p>"
+        "the strongest null dictionaries of the same size in the data's span (chance).</p>"
     )
 
 
-STANCE_CLASS = {"1": "s1", "2a": "s2a", "2b": "s2b"}
+STANCE_CLASS = {"1": "s1", "2a": "s2a", "2b": "s2b", "unresolved": "sna"}
 
 
 def stance_row(s: StanceRow, names: Labeller) -> list[str]:
@@ -542,9 +566,10 @@ def render(out_dir: Path, jobs: int = 1) -> str:
     bests = {g.key: best_runs(out_dir, records, g, th) for g in groups}
     flat = [b for g in groups for b in bests[g.key]]
     images = Images(out_dir, jobs)
+    stances = verdict(records, th)
     body = {
-        "overview": overview(out_dir, records, flat),
-        "stance": stance_section(records, verdict(records, th)),
+        "overview": answer(records, stances) + overview(out_dir, records, flat),
+        "stance": stance_section(records, stances),
         "scores": scores_section(records),
         "heatmaps": heatmaps_section(groups, bests, names, images),
         "sweeps": sweeps_section(groups, names, images, th),

@@ -111,3 +111,46 @@ def stance_legend(th: dict[str, Any]) -> str:
         f"than {th.get('min_seeds')} seeds or with stability below {th.get('stability')} "
         "is unresolved. Runs flagged !unconverged are left out of the verdict."
     )
+
+
+def summary_sentence(row: StanceRow, toy_label: str) -> str:
+    """One sentence per toy and site: the stance, what it rests on and what the twins show."""
+    ao, da = row.activation_only, row.downstream_aware
+    head = f"{toy_label} @ {row.site}: "
+    if ao.best is None:
+        return head + "no activation-only method ran."
+    why = row.reason.removeprefix("unresolved: ")
+    status = (
+        f"stance ({row.stance})" if row.stance != "unresolved"
+        else f"unresolved, provisionally ({row.provisional}); {why}"
+    )  # fmt: skip
+    base = (ao.baseline.score or 0.0) if ao.baseline is not None else 0.0
+    null = max(ao.best.chance or 0.0, base)
+    text = (
+        f"{head}{status}: the best activation-only method ({ao.best.method}) scores strict "
+        f"{num(ao.best.score)} against a null of {num(null)}"
+    )
+    if da.best is not None:
+        verdict_da = {True: "beats", False: "does not beat", None: "has no"}[da.beats_baseline]
+        text += f"; the best downstream-aware one ({da.best.method}) {num(da.best.score)}"
+        text += f", and {verdict_da} the weights baseline"
+    twins = best_twin_by_access(row)
+    if twins:
+        text += f". Twins (lower of the two, own rule): {twins}"
+    return text + "."
+
+
+def best_twin_by_access(row: StanceRow) -> str:
+    """``act-only M 0.33, downstream-aware N 0.93`` from the own-rule twin scores."""
+    access = {p.method: "act-only" for v in (row.activation_only,) for p in (v.best, v.oracle)
+              if p is not None}  # fmt: skip
+    access.update({p.method: "downstream-aware" for p in (row.downstream_aware.best,
+                   row.downstream_aware.oracle) if p is not None})  # fmt: skip
+    best: dict[str, tuple[str, float]] = {}
+    for method, entry in row.twin_own_rule.items():
+        kind, score = access.get(method), entry.get("mcc_strict")
+        if kind is None or score is None:
+            continue
+        if kind not in best or score > best[kind][1]:
+            best[kind] = (method, score)
+    return ", ".join(f"{k} {m} {num(v)}" for k, (m, v) in sorted(best.items()))
