@@ -16,6 +16,7 @@ from rich.console import Console
 
 from decompbench.errors import UserError
 
+EXIT_FAILED_RUNS = 1  # the suite ran, but some runs failed (see the failed lines)
 EXIT_USAGE = 2
 
 
@@ -81,6 +82,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     summary = run_suite(
         suite, text, out, quiet=args.quiet, force=args.force, yes=args.yes, jobs=args.jobs,
         executor=args.executor, address=args.address, threads=args.threads,
+        keep_failed=args.keep_failed, prune=args.prune,
     )  # fmt: skip
     stances = verdict(summary.records)
     print_tables(summary.records, stances)
@@ -88,16 +90,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"results: {out / 'results.jsonl'}")
     print(f"stance:  {write_stance(out, stances)}")
     print(f"report:  {write_report(out, jobs=args.jobs or usable_cores())}")
-    return 0
+    return EXIT_FAILED_RUNS if summary.failed else 0
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from decompbench.bench.results import read_records
+    from decompbench.bench.results import read_plan, read_records
     from decompbench.bench.table import print_tables
     from decompbench.bench.verdict import verdict
 
     records = read_records(args.dir)
-    print_tables(records, verdict(records))
+    plan = read_plan(args.dir)
+    mine = [r for r in records if plan is None or r.run_id in plan]
+    others = [r for r in records if plan is not None and r.run_id not in plan]
+    print_tables(mine, verdict(mine), fmt=args.format, others=others)
     return 0
 
 
@@ -140,6 +145,16 @@ def build_parser() -> OneLineParser:
         help="discard results already in --out and start over (default: resume)",
     )
     run.add_argument(
+        "--keep-failed",
+        action="store_true",
+        help="on resume, do not retry runs recorded as failed (default: retry them)",
+    )
+    run.add_argument(
+        "--prune",
+        action="store_true",
+        help="drop recorded runs that are not in this suite (default: keep them)",
+    )
+    run.add_argument(
         "--threads",
         type=positive_int,
         default=1,
@@ -162,6 +177,12 @@ def build_parser() -> OneLineParser:
     run.set_defaults(fn=cmd_run)
     show = sub.add_parser("show", help="print the tables of a finished run again")
     show.add_argument("dir", type=Path, help="run directory holding results.jsonl")
+    show.add_argument(
+        "--format",
+        choices=["text", "md", "csv", "json"],
+        default="text",
+        help="text (default; never cuts a cell), md (GitHub tables), csv or json",
+    )
     show.set_defaults(fn=cmd_show)
     desc = sub.add_parser("describe", help="a toy's sites, true features and edges")
     desc.add_argument("toy", help="toy name (see `decompbench list`)")

@@ -31,7 +31,7 @@ from typing import Any
 import yaml
 from pydantic import ConfigDict, Field, field_validator
 
-from decompbench.bench.results import make_run_id
+from decompbench.bench.results import SUITE_COPY, make_run_id
 from decompbench.config import StrictModel, validate
 from decompbench.errors import UserError
 from decompbench.methods.base import build_method
@@ -41,6 +41,7 @@ from decompbench.toys.base import build_toy
 DEFAULT_SUITE = "default.yaml"
 MAX_SEED = 2**31 - 1
 MAX_SAMPLES = 1_000_000
+MAX_NODES = 100_000  # values in a suite once YAML aliases are expanded
 
 
 class SpecModel(StrictModel):
@@ -89,12 +90,27 @@ class Suite(SpecModel):
         return unique(v, "seed")
 
 
-def read_yaml(path: Path) -> Any:
-    """Parse a YAML file; every failure becomes a one-line ``UserError``."""
+def read_text(path: Path) -> str:
+    """The text of a suite file; a directory or an unreadable file is a one-line error."""
+    if path.is_dir():
+        hint = path / SUITE_COPY
+        raise UserError(
+            f"{path}: is a directory, not a suite file"
+            + (f" (to resume that run directory: decompbench run {hint} --out {path})"
+               if hint.is_file() else "")
+        )  # fmt: skip
     if not path.is_file():
         raise UserError(f"{path}: no such file")
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"{path}: cannot read: {err}") from None
+
+
+def read_yaml(path: Path, text: str | None = None) -> Any:
+    """Parse a YAML file; every failure becomes a one-line ``UserError``."""
+    try:
+        return yaml.safe_load(read_text(path) if text is None else text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         line = f" (line {mark.line + 1})" if mark is not None else ""
@@ -112,6 +128,40 @@ def located(lookup: Callable[[str], object], name: str, where: str) -> None:
         lookup(name)
     except UserError as err:
         raise UserError(f"{where}: {err}") from None
+
+
+def expanded_size(data: Any, where: str, limit: int = MAX_NODES) -> int:
+    """Number of values in ``data`` with YAML aliases expanded, counted once per distinct
+    object (so an alias bomb costs its size in the file, not its expansion); refuse a
+    structure that expands beyond ``limit`` values or refers to itself."""
+    sizes: dict[int, int] = {}
+    open_ids: set[int] = set()
+
+    def size(node: Any) -> int:
+        if not isinstance(node, dict | list | tuple):
+            return 1
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in open_ids:
+            raise UserError(f"{where}: a YAML alias refers to itself")
+        open_ids.add(key)
+        children = [*node.keys(), *node.values()] if isinstance(node, dict) else node
+        total = 1
+        for child in children:
+            total += size(child)
+            if total > limit:
+                raise UserError(
+                    f"{where}: too large: YAML aliases expand to more than {limit} values"
+                )
+        open_ids.discard(key)
+        sizes[key] = total
+        return total
+
+    try:
+        return size(data)
+    except RecursionError:
+        raise UserError(f"{where}: nested too deeply") from None
 
 
 def check_finite(value: Any, where: str) -> None:
@@ -178,6 +228,7 @@ def parse_suite(data: Any, where: str) -> Suite:
     """Validate the suite and every toy/method parameter block; resolve default sites."""
     if not isinstance(data, dict):
         raise UserError(f"{where}: a suite must be a mapping with 'toys' and 'methods'")
+    expanded_size(data, where)  # before anything walks the structure
     suite = validate(Suite, data, where)
     toys = [resolve_toy(t, suite.seeds[0], f"{where}: toys[{i}]") for i, t in enumerate(suite.toys)]
     for i, m in enumerate(suite.methods):
@@ -200,8 +251,8 @@ def load_suite(path: Path | None) -> tuple[Suite, str]:
     if path is None:
         text = resources.files("decompbench.bench").joinpath(DEFAULT_SUITE).read_text()
         return parse_suite(yaml.safe_load(text), f"<built-in {DEFAULT_SUITE}>"), text
-    data = read_yaml(path)
-    return parse_suite(data, str(path)), path.read_text(encoding="utf-8")
+    text = read_text(path)
+    return parse_suite(read_yaml(path, text), str(path)), text
 
 
 def with_seeds(suite: Suite, seeds: list[int]) -> Suite:

@@ -45,7 +45,7 @@ import torch
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
-from decompbench.config import StrictModel
+from decompbench.config import FloatPair, StrictModel
 from decompbench.registry import register_toy
 from decompbench.seeding import generator
 from decompbench.toys.base import Batch, GroundTruth, Toy
@@ -76,7 +76,7 @@ class CircuitParams(StrictModel):
     d_l1: int = Field(default=8, ge=1)
     gates: list[str] = Field(default=["0&2", "1&8", "4|9", "3|10", "2&9"], min_length=1)
     p_active: float = Field(default=0.25, gt=0, le=1)
-    magnitude: tuple[float, float] = (0.6, 1.0)
+    magnitude: FloatPair = (0.6, 1.0)
 
     @model_validator(mode="after")
     def _check(self) -> CircuitParams:

@@ -42,7 +42,7 @@ import torch
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
-from decompbench.config import StrictModel
+from decompbench.config import FloatPair, StrictModel
 from decompbench.registry import register_toy
 from decompbench.seeding import generator
 from decompbench.toys.base import Batch, EmbedReadoutToy, GroundTruth
@@ -52,13 +52,16 @@ class ComposedParams(StrictModel):
     values: list[int] = Field(default=[4, 4], min_length=1)
     d_model: int = Field(default=16, ge=1)
     p_absent: float = Field(default=0.0, ge=0.0, lt=1.0)
-    magnitude: tuple[float, float] = (1.0, 1.0)
+    magnitude: FloatPair = (1.0, 1.0)
     use: Literal["factored", "composed"] = "factored"
 
     @model_validator(mode="after")
     def _check(self) -> ComposedParams:
-        if any(v < 1 for v in self.values):
-            raise ValueError("every factor needs at least one value")
+        if any(v < 2 for v in self.values):
+            raise ValueError(
+                f"values {self.values}: every factor needs at least 2 values (a factor with "
+                "one value is a feature that is always on)"
+            )
         if sum(self.values) > self.d_model:
             raise ValueError(
                 f"sum(values) = {sum(self.values)} orthonormal directions do not fit in "

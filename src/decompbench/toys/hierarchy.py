@@ -36,7 +36,7 @@ import torch
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
-from decompbench.config import StrictModel
+from decompbench.config import FloatPair, StrictModel
 from decompbench.registry import register_toy
 from decompbench.seeding import generator
 from decompbench.toys.base import Batch, EmbedReadoutToy, GroundTruth
@@ -51,7 +51,7 @@ class HierarchyParams(StrictModel):
     p_independent: float = Field(default=0.05, gt=0, le=1)
     d_model: int = Field(default=20, ge=1)
     overlap: float = Field(default=0.1, ge=0, le=0.5)
-    magnitude: tuple[float, float] = (0.0, 1.0)
+    magnitude: FloatPair = (0.0, 1.0)
 
     @property
     def n_features(self) -> int:

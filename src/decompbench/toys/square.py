@@ -42,7 +42,7 @@ import torch
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
-from decompbench.config import StrictModel
+from decompbench.config import FloatPair, StrictModel
 from decompbench.registry import register_toy
 from decompbench.seeding import generator
 from decompbench.toys.base import Batch, GroundTruth, Toy
@@ -50,7 +50,7 @@ from decompbench.toys.base import Batch, GroundTruth, Toy
 
 class SquareParams(StrictModel):
     n_neurons: int = Field(default=10, ge=2)
-    interval: tuple[float, float] = (-1.0, 1.0)
+    interval: FloatPair = (-1.0, 1.0)
     use: Literal["square", "cube"] = "square"
 
     @model_validator(mode="after")
