@@ -279,3 +279,61 @@ def test_run_given_a_directory_says_so(run_dir: Path, capsys: pytest.CaptureFixt
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "is a directory, not a suite file" in err
     assert f"decompbench run {run_dir / 'suite.yaml'} --out {run_dir}" in err
+
+
+# --- parameters from the CLI -------------------------------------------------------------
+
+
+def registry_params() -> list[tuple[str, str, type[Any]]]:
+    from decompbench.registry import all_methods, all_toys
+
+    return [("method", n, c.Params) for n, c in all_methods().items()] + [
+        ("toy", n, c.Params) for n, c in all_toys().items()
+    ]
+
+
+def test_every_params_field_of_every_method_and_toy_has_a_description() -> None:
+    missing = [
+        f"{kind} {name}: {field}"
+        for kind, name, model in registry_params()
+        for field, info in model.model_fields.items()
+        if not (info.description or "").strip()
+    ]
+    assert not missing, missing
+
+
+@pytest.mark.parametrize(("kind", "name", "model"), registry_params(), ids=lambda x: str(x))
+def test_params_lists_every_field_with_type_default_bounds_and_description(
+    capsys: pytest.CaptureFixture, kind: str, name: str, model: type[Any]
+) -> None:
+    assert main(["params", name]) == 0
+    text = capsys.readouterr().out
+    assert f"{kind} {name}" in text and "…" not in text
+    lines = {line.split()[0]: line for line in text.splitlines()[1:] if line.strip()}
+    for field, info in model.model_fields.items():
+        assert field in lines, field
+        assert (info.description or "") in lines[field]
+
+
+def test_params_shows_bounds_and_describe_of_a_method_prints_its_params(
+    capsys: pytest.CaptureFixture,
+) -> None:
+    assert main(["params", "sae-topk"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.split()[:1] == ["k"])
+    assert line.split()[1:4] == ["int", "4", ">="] and "active latents per sample" in line
+    assert main(["describe", "sae-topk"]) == 0
+    assert "active latents per sample" in capsys.readouterr().out
+    assert main(["params", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown method or toy 'nope'" in err
+
+
+def test_help_lists_every_subcommand() -> None:
+    from decompbench.cli import build_parser
+
+    parser = build_parser()
+    help_text = parser.format_help()
+    subparsers = next(a for a in parser._actions if a.dest == "command")
+    words = " " + " ".join((parser.description or "").replace("|", " ").replace("`", " ").split())
+    for name in subparsers.choices:  # type: ignore[union-attr]
+        assert name in help_text and f" {name} " in words + " ", name

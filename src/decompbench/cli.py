@@ -1,11 +1,14 @@
-"""Command line: `decompbench list | run | show | describe | report | circuit`.
+"""Command line: `decompbench list | run | show | describe | params | report | circuit |
+train-real | export | import` (`decompbench COMMAND --help` for each).
 
-Any bad input ends with one line on stderr and exit code 2, never a traceback.
+Any bad input ends with one line on stderr and exit code 2, never a traceback; `run` exits
+with 1 when some runs of the suite failed.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -108,8 +111,20 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def cmd_describe(args: argparse.Namespace) -> int:
     from decompbench.describe import describe
+    from decompbench.params import describe_params
+    from decompbench.registry import all_methods, all_toys
 
+    if args.toy in all_methods() and args.toy not in all_toys():
+        print(describe_params(args.toy))  # a method has no sites: its parameters
+        return 0
     print(describe(args.toy, args.params, args.seed))
+    return 0
+
+
+def cmd_params(args: argparse.Namespace) -> int:
+    from decompbench.params import describe_params
+
+    print(describe_params(args.name))
     return 0
 
 
@@ -184,11 +199,18 @@ def build_parser() -> OneLineParser:
         help="text (default; never cuts a cell), md (GitHub tables), csv or json",
     )
     show.set_defaults(fn=cmd_show)
-    desc = sub.add_parser("describe", help="a toy's sites, true features and edges")
-    desc.add_argument("toy", help="toy name (see `decompbench list`)")
+    desc = sub.add_parser(
+        "describe", help="a toy's sites, true features and edges (a method: its parameters)"
+    )
+    desc.add_argument("toy", help="toy or method name (see `decompbench list`)")
     desc.add_argument("--params", nargs="*", default=[], metavar="K=V", help="e.g. use=cube")
     desc.add_argument("--seed", type=int, default=0, help="seed the toy is built with")
     desc.set_defaults(fn=cmd_describe)
+    params = sub.add_parser(
+        "params", help="every parameter of a method or toy: type, default, bounds, meaning"
+    )
+    params.add_argument("name", help="method or toy name (see `decompbench list`)")
+    params.set_defaults(fn=cmd_params)
     report = sub.add_parser("report", help="regenerate DIR/report.html and DIR/plots/*.png")
     report.add_argument("dir", type=Path, help="run directory holding results.jsonl")
     report.set_defaults(fn=cmd_report)
@@ -214,6 +236,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("decompbench: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head`: stop quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

@@ -49,11 +49,22 @@ from decompbench.toys.base import Batch, EmbedReadoutToy, GroundTruth
 
 
 class ComposedParams(StrictModel):
-    values: list[int] = Field(default=[4, 4], min_length=1)
-    d_model: int = Field(default=16, ge=1)
-    p_absent: float = Field(default=0.0, ge=0.0, lt=1.0)
-    magnitude: FloatPair = (1.0, 1.0)
-    use: Literal["factored", "composed"] = "factored"
+    values: list[int] = Field(
+        default=[4, 4],
+        min_length=1,
+        description="values per factor (each >= 2); one factor per entry",
+    )
+    d_model: int = Field(default=16, ge=1, description="activation dimension (>= sum of values)")
+    p_absent: float = Field(
+        default=0.0, ge=0.0, lt=1.0, description="probability that a factor is absent in a sample"
+    )
+    magnitude: FloatPair = Field(
+        default=(1.0, 1.0), description="[lo, hi] of a present value's magnitude U[lo, hi]"
+    )
+    use: Literal["factored", "composed"] = Field(
+        default="factored",
+        description="twin: read each value (factored) or each combination (composed)",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ComposedParams:

@@ -49,9 +49,11 @@ from decompbench.toys.base import Batch, GroundTruth, Toy
 
 
 class SquareParams(StrictModel):
-    n_neurons: int = Field(default=10, ge=2)
-    interval: FloatPair = (-1.0, 1.0)
-    use: Literal["square", "cube"] = "square"
+    n_neurons: int = Field(default=10, ge=2, description="ReLU neurons of the interpolant")
+    interval: FloatPair = Field(default=(-1.0, 1.0), description="[lo, hi] on which x is drawn")
+    use: Literal["square", "cube"] = Field(
+        default="square", description="twin: the readout computes x^2 (square) or x^3 (cube)"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> SquareParams:
