@@ -337,3 +337,15 @@ def test_help_lists_every_subcommand() -> None:
     words = " " + " ".join((parser.description or "").replace("|", " ").replace("`", " ").split())
     for name in subparsers.choices:  # type: ignore[union-attr]
         assert name in help_text and f" {name} " in words + " ", name
+
+
+def test_progress_lines_tell_twins_and_sweeps_apart(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump({**SUITE, "methods": SUITE["methods"][:3]}))
+    assert main(["run", str(tmp_path / "s.yaml"), "--out", str(tmp_path / "o")]) == 0
+    lines = [x for x in capsys.readouterr().err.splitlines() if "] ok " in x]
+    labels = [x.split("] ok ", 1)[1].split(" (", 1)[0] for x in lines]
+    assert len(labels) == len(set(labels)) == 6, labels
+    assert "composed[use=factored]@hidden pca seed 0" in labels
+    assert "composed[use=composed]@hidden sae-relu[l1=0.001] seed 0" in labels

@@ -269,21 +269,44 @@ class PlannedRun:
     toy: ToySpec
     site: str
     method: MethodSpec
+    toy_tag: str = ""  # the toy's parameters that differ between the suite's entries of it
+    method_tag: str = ""  # likewise for the method (e.g. [l1=0.1] in a sweep)
 
     @property
     def label(self) -> str:
-        return f"{self.toy.name}@{self.site} {self.method.name} seed {self.seed}"
+        """``composed[use=factored]@hidden sae-relu[l1=0.1] seed 0``: twins and sweeps are
+        told apart."""
+        return (
+            f"{self.toy.name}{self.toy_tag}@{self.site} {self.method.name}{self.method_tag} "
+            f"seed {self.seed}"
+        )
+
+
+def tags(entries: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    """Per entry, ``[k=v,...]`` of the parameters whose values differ between the entries
+    of the same name (``""`` when none do)."""
+    out = []
+    for name, params in entries:
+        same = [p for n, p in entries if n == name]
+        keys = sorted(k for k in params if any(json.dumps(p.get(k)) != json.dumps(params[k])
+                                               for p in same))  # fmt: skip
+        parts = [f"{k}={v if isinstance(v, str) else json.dumps(v, separators=(',', ':'))}"
+                 for k in keys for v in [params[k]]]  # fmt: skip
+        out.append(f"[{','.join(parts)}]" if parts else "")
+    return out
 
 
 def plan_runs(suite: Suite) -> list[PlannedRun]:
     """Every run of the suite, in execution order: seed, toy, site, method."""
     toys = [normalised("toy", t.name, t.params) for t in suite.toys]
     methods = [normalised("method", m.name, m.params) for m in suite.methods]
+    toy_tags = tags([(t.name, p) for t, p in zip(suite.toys, toys, strict=True)])
+    method_tags = tags([(m.name, p) for m, p in zip(suite.methods, methods, strict=True)])
     plan = []
     for seed in suite.seeds:
-        for t, tparams in zip(suite.toys, toys, strict=True):
+        for t, tparams, ttag in zip(suite.toys, toys, toy_tags, strict=True):
             for site in t.sites or []:
-                for m, mparams in zip(suite.methods, methods, strict=True):
+                for m, mparams, mtag in zip(suite.methods, methods, method_tags, strict=True):
                     if t.methods is not None and m.name not in t.methods:
                         continue
                     identity = dict(
@@ -291,5 +314,5 @@ def plan_runs(suite: Suite) -> list[PlannedRun]:
                         method_params=mparams, seed=seed, n_train=suite.n_train,
                         n_eval=suite.n_eval,
                     )  # fmt: skip
-                    plan.append(PlannedRun(make_run_id(identity), seed, t, site, m))
+                    plan.append(PlannedRun(make_run_id(identity), seed, t, site, m, ttag, mtag))
     return plan
