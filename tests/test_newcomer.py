@@ -349,3 +349,24 @@ def test_progress_lines_tell_twins_and_sweeps_apart(
     assert len(labels) == len(set(labels)) == 6, labels
     assert "composed[use=factored]@hidden pca seed 0" in labels
     assert "composed[use=composed]@hidden sae-relu[l1=0.001] seed 0" in labels
+
+
+@pytest.mark.parametrize("method", ["lib", "grad-pca"])
+def test_the_builtin_suite_does_not_plan_the_runs_that_cannot_work(method: str) -> None:
+    """`make demo` used to end with 2 failed runs: lib and grad-pca at circuit's l0, where
+    the output does not respond to the site. They fail by construction, so the built-in
+    suite does not plan them (and the demo exits 0)."""
+    from decompbench.bench.runner import site_data, site_view
+    from decompbench.bench.suite import load_suite, plan_runs
+    from decompbench.errors import UserError
+    from decompbench.methods.base import build_method
+    from decompbench.toys.base import build_toy
+
+    plan = plan_runs(load_suite(None)[0])
+    at = {(r.toy.name, r.site, r.method.name) for r in plan}
+    assert ("circuit", "l0", method) not in at and ("circuit", "l1", method) in at
+    toy = build_toy("circuit", {}, 0)
+    data = site_data(toy, "l0", 512, 64, 0)
+    m = build_method(method, {})
+    with pytest.raises(UserError, match="does not respond to site 'l0'"):
+        m.fit(site_view(toy, data, m), 0)

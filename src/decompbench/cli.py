@@ -240,6 +240,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 141
+    except OSError as err:  # the file system refused (permissions, disk full): one line
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"decompbench: error: {where}{err.strerror or err}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":
