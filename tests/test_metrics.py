@@ -117,13 +117,15 @@ def test_chance_scores_are_kept_by_content_and_equal_a_fresh_computation() -> No
     gt = GroundTruth(G_KD, ("a", "b", "c"), (True, True, True))
     A_NK = torch.rand(200, 3, generator=g)
     X_ND = A_NK @ G_KD
+    truth = evaluate.truth_at(gt, A_NK)
+    signs = torch.ones(4, dtype=torch.int64)
     evaluate.CHANCE_KEPT.clear()
-    first = evaluate.chance_scores(gt, G_KD, A_NK, X_ND, 4, seed=0)
-    assert first == evaluate.chance_scores_afresh(gt, G_KD, A_NK, X_ND, 4, seed=0)
+    first = evaluate.chance_scores(gt, truth, A_NK, X_ND, signs, seed=0)
+    assert first == evaluate.chance_scores_afresh(gt, truth, A_NK, X_ND, signs, seed=0)
     first["mcc_chance"] = -1.0  # the caller's copy, not the kept one
-    again = evaluate.chance_scores(gt, G_KD, A_NK, X_ND.clone(), 4, seed=0)  # equal content
+    again = evaluate.chance_scores(gt, truth, A_NK, X_ND.clone(), signs, seed=0)  # equal content
     assert len(evaluate.CHANCE_KEPT) == 1 and again["mcc_chance"] != -1.0
-    other = evaluate.chance_scores(gt, G_KD, A_NK, 2 * X_ND, 4, seed=0)  # other data
+    other = evaluate.chance_scores(gt, truth, A_NK, 2 * X_ND, signs, seed=0)  # other data
     assert len(evaluate.CHANCE_KEPT) == 2 and other == evaluate.chance_scores_afresh(
-        gt, G_KD, A_NK, 2 * X_ND, 4, seed=0
+        gt, truth, A_NK, 2 * X_ND, signs, seed=0
     )

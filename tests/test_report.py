@@ -154,9 +154,10 @@ def test_saved_artefacts_reproduce_the_recorded_scores(run_dir: Path) -> None:
         assert r.run_id is not None
         a = load_run_artefacts(run_dir, r.run_id)
         assert a is not None and a.meta["method"] == r.method and a.meta["seed"] == r.seed
-        G = a.true_directions_KD[torch.tensor(a.is_model)]
-        D = a.directions_MD[a.alive_M]
-        assert M.mcc_strict(G, D) == pytest.approx(r.metrics["mcc_strict"], abs=1e-6)
+        assert a.true_sign_K is not None and a.latent_sign_M is not None
+        truth = M.Truth.of(a.true_directions_KD, a.true_sign_K, torch.tensor(a.is_model))
+        D, signs = a.directions_MD[a.alive_M], a.latent_sign_M[a.alive_M]
+        assert M.mcc_strict(truth, D, signs) == pytest.approx(r.metrics["mcc_strict"], abs=1e-6)
         assert int(a.alive_M.sum()) == r.metrics["n_alive"]
         assert float(a.firing_rate_M.sum()) == pytest.approx(r.metrics["l0"], rel=1e-5)
         effect = a.downstream_effect_M

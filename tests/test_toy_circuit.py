@@ -112,3 +112,16 @@ def test_invalid_params_are_rejected_with_one_line(params: dict, fragment: str) 
     with pytest.raises(UserError, match=fragment) as info:
         build_toy("circuit", params, seed=0)
     assert "\n" not in str(info.value)
+
+
+def test_the_and_threshold_is_checked_exactly_at_its_boundary() -> None:
+    """A 3-input AND on [0.8, 1.2]: 2 * 1.2 = 3 * 0.8 exactly, no threshold separates true
+    from false (floats would say 2.4 < 2.4000000000000004); just inside is accepted."""
+    on = {"gates": ["0&2&4"], "magnitude": [0.8, 1.2]}
+    with pytest.raises(UserError, match="no exact threshold for '0&2&4'") as info:
+        build_toy("circuit", on, seed=0)
+    assert "got 2.4 vs 2.4" in str(info.value)
+    toy = build_toy("circuit", {**on, "magnitude": [0.8, 1.1999999]}, seed=0)
+    theta, _ = gate_threshold("and", 3, 0.8, 1.1999999)
+    assert 2 * 1.1999999 < theta < 3 * 0.8
+    assert isinstance(toy, Circuit)

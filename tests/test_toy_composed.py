@@ -118,3 +118,17 @@ def test_invalid_params_are_rejected_with_one_line(params: dict, fragment: str) 
     with pytest.raises(UserError, match=fragment) as info:
         build_toy("composed", {**PARAMS, **params, "use": "composed"}, seed=0)
     assert "\n" not in str(info.value)
+
+
+def test_the_exact_interval_is_checked_exactly_at_its_boundary() -> None:
+    """k = 3, [0.8, 1.2]: 2 * 1.2 = 3 * 0.8, so the interval is empty (float arithmetic
+    says 2.4 < 2.4000000000000004 and would accept it); just inside it is accepted."""
+    assert (3 - 1) * 1.2 < 3 * 0.8  # the float comparison the check must not use
+    on = {"values": [2, 2, 2], "d_model": 8, "use": "composed", "magnitude": [0.8, 1.2]}
+    with pytest.raises(UserError, match=r"need \(k-1\)\*hi < k\*lo exactly, got 2.4 vs 2.4"):
+        build_toy("composed", on, seed=0)
+    inside = build_toy("composed", {**on, "magnitude": [0.8, 1.1999999]}, seed=0)
+    theta = -float(inside.readout[0].bias[0])
+    assert 2 * 1.1999999 < theta < 3 * 0.8
+    b = inside.sample(2000, seed=0)
+    assert torch.equal(inside(b.inputs) > 0, b.features["hidden"] > 0)  # still exact

@@ -92,6 +92,7 @@ def test_an_absorbed_latent_would_silence_the_parent_too(sample: tuple[Hierarchy
     ("params", "fragment"),
     [
         ({"n_children": 3, "p_child": 0.4}, "exclusive children"),
+        ({"n_children": 3, "p_child": 0.3333333334}, "exclusive children"),  # 1 + 2e-10
         ({"d_model": 19}, "d_model >= 20"),
         ({"magnitude": [0.5, 0.2]}, "magnitude"),
         ({"width": 3}, "unknown key"),
@@ -101,3 +102,10 @@ def test_invalid_params_are_rejected_with_one_line(params: dict, fragment: str) 
     with pytest.raises(UserError, match=fragment) as info:
         build_toy("hierarchy", params, seed=0)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(("n_children", "p_child"), [(3, 0.3333333333), (5, 0.2), (10, 0.1)])
+def test_children_probabilities_summing_to_at_most_one_exactly_are_accepted(
+    n_children: int, p_child: float
+) -> None:
+    build_toy("hierarchy", {"n_children": n_children, "p_child": p_child, "d_model": 64}, seed=0)

@@ -77,14 +77,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     from decompbench.bench.verdict import verdict, write_stance
 
     torch.set_num_threads(args.threads)
-    suite, text = load_suite(args.suite)
+    if args.suite is not None and args.builtin is not None:
+        raise UserError("give a suite file or --suite NAME, not both")
+    suite, text = load_suite(args.suite, args.builtin or "default")
+    builtin = args.suite is None  # a built-in suite's cost is known and documented
     if args.seeds is not None:
         suite = with_seeds(suite, args.seeds)
         text += f"\n# seeds overridden on the command line: {args.seeds}\n"
     out = args.out or Path("runs") / time.strftime("run-%Y%m%d-%H%M%S")
     summary = run_suite(
-        suite, text, out, quiet=args.quiet, force=args.force, yes=args.yes, jobs=args.jobs,
-        executor=args.executor, address=args.address, threads=args.threads,
+        suite, text, out, quiet=args.quiet, force=args.force, yes=args.yes or builtin,
+        jobs=args.jobs, executor=args.executor, address=args.address, threads=args.threads,
         keep_failed=args.keep_failed, prune=args.prune,
     )  # fmt: skip
     stances = verdict(summary.records)
@@ -151,6 +154,11 @@ def build_parser() -> OneLineParser:
     sub.add_parser("list", help="toys and methods in the registry").set_defaults(fn=cmd_list)
     run = sub.add_parser("run", help="run a suite (default: the built-in suite)")
     run.add_argument("suite", nargs="?", type=Path, help="suite YAML file")
+    run.add_argument(
+        "--suite", dest="builtin", metavar="NAME",
+        help="a built-in suite: default (the quick tour), verdict (every toy and site, "
+        "widths and sparsity swept, baselines, 3 seeds)",
+    )  # fmt: skip
     run.add_argument("--out", type=Path, help="output directory (default runs/run-TIME)")
     run.add_argument("--seeds", type=parse_seeds, help="override the suite's seeds, e.g. 0,1")
     run.add_argument("--quiet", action="store_true", help="no progress bars")

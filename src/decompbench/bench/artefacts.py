@@ -8,7 +8,9 @@ written by the runner (``write_run_artefacts``), under
   ``true_directions_KD`` (every true feature at the site, model and data-only),
   ``alive_M`` (fires on at least one evaluation sample), ``firing_rate_M`` (share of
   evaluation samples on which the latent fires, same rule as the metrics),
-  ``mean_abs_M`` (mean |activation| over evaluation samples) and, when the scorer's
+  ``mean_abs_M`` (mean |activation| over evaluation samples), ``latent_sign_M`` and
+  ``true_sign_K`` (+1 / -1 for one-sided activations, 0 for two-sided; the signs the
+  sign-aware metrics use) and, when the scorer's
   downstream network is given, ``downstream_effect_M``: the mean over evaluation samples
   of ``||f(decode(z with latent m zeroed)) - f(decode(z))||_2``, i.e. how much the
   network's output moves when the latent is ablated in the spliced reconstruction;
@@ -38,6 +40,7 @@ from decompbench.bench.results import write_bytes_atomic, write_text_atomic
 from decompbench.errors import UserError
 from decompbench.methods.base import Decomposition
 from decompbench.metrics.reconstruction import active
+from decompbench.metrics.recovery import signs_of
 from decompbench.toys.base import GroundTruth
 
 ARTEFACTS = "artefacts"
@@ -60,6 +63,8 @@ class RunArtefacts:
     firing_rate_M: Tensor
     mean_abs_M: Tensor
     downstream_effect_M: Tensor | None
+    latent_sign_M: Tensor | None = None
+    true_sign_K: Tensor | None = None
 
     @property
     def feature_names(self) -> list[str]:
@@ -107,6 +112,7 @@ def run_tensors(
     method: Decomposition,
     gt: GroundTruth,
     X_eval_ND: Tensor,
+    feats_NK: Tensor,
     downstream: Downstream | None,
 ) -> dict[str, Tensor]:
     """The tensors of one fitted run, on its evaluation samples."""
@@ -120,6 +126,8 @@ def run_tensors(
         "alive_M": fires_NM.any(dim=0),
         "firing_rate_M": fires_NM.float().mean(dim=0),
         "mean_abs_M": Z_NM.abs().float().mean(dim=0),
+        "latent_sign_M": signs_of(Z_NM),
+        "true_sign_K": signs_of(feats_NK),
     }
     if downstream is not None:
         Z_sub = Z_NM[:EFFECT_SAMPLES]
@@ -162,7 +170,7 @@ def run_artefacts(
     """
     assert feats_NK.shape == (X_eval_ND.shape[0], gt.directions_KD.shape[0]), "feats_NK shape"
     artefact_paths(Path(), run_key)  # reject a bad key before any work
-    tensors = run_tensors(method, gt, X_eval_ND, downstream)
+    tensors = run_tensors(method, gt, X_eval_ND, feats_NK, downstream)
     info: dict[str, Any] = dict(meta or {})
     info.update(
         format=FORMAT,
@@ -221,4 +229,6 @@ def load_run_artefacts(out_dir: Path, run_key: str) -> RunArtefacts | None:
         t["firing_rate_M"],
         t["mean_abs_M"],
         t.get("downstream_effect_M"),
+        t.get("latent_sign_M"),
+        t.get("true_sign_K"),
     )

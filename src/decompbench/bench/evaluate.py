@@ -11,17 +11,25 @@ from torch import Tensor, nn
 from decompbench import metrics as M
 from decompbench.methods.base import Decomposition
 from decompbench.metrics import causal, relatedness
-from decompbench.metrics.recovery import abs_cos, hungarian
+from decompbench.metrics.recovery import hungarian
 from decompbench.seeding import generator
 from decompbench.toys.base import GroundTruth
 
-N_CHANCE_DRAWS = 8
+N_CHANCE_DRAWS = 6  # per random null family; the PCA null is drawn once
 
 DirScore = Callable[[Tensor, Tensor], float]
 
 
-def direction_scores(gt: GroundTruth, G_KD: Tensor, D_MD: Tensor) -> dict[str, float | None]:
-    """Every direction-based recovery score of ``D_MD`` against the model features."""
+def truth_at(gt: GroundTruth, feats_NK: Tensor) -> M.Truth:
+    """The site's true features with the signs their activations show on ``feats_NK``."""
+    return M.Truth.of(gt.directions_KD, M.signs_of(feats_NK), gt.model_mask)
+
+
+def direction_scores(
+    gt: GroundTruth, truth: M.Truth, D_MD: Tensor, sign_M: Tensor
+) -> dict[str, float | None]:
+    """Every direction-based recovery score of ``D_MD`` (latent signs ``sign_M``)."""
+    G_KD, _, _ = truth.model()
     groups = None
     if gt.groups is not None:
         groups = [g for g, used in zip(gt.groups, gt.is_model, strict=True) if used]
@@ -32,27 +40,30 @@ def direction_scores(gt: GroundTruth, G_KD: Tensor, D_MD: Tensor) -> dict[str, f
         "rel_dir_share3": rel_share,
         "rel_rev_median": rev_med,
         "rel_rev_share3": rev_share,
-        "mmcs": M.mmcs(G_KD, D_MD),
-        "mcc": M.mcc(G_KD, D_MD),
-        "mcc_strict": M.mcc_strict(G_KD, D_MD),
-        "recall": M.recall(G_KD, D_MD),
-        "precision": M.precision(G_KD, D_MD),
+        "mmcs": M.mmcs(truth, D_MD, sign_M),
+        "mcc": M.mcc(truth, D_MD, sign_M),
+        "mcc_strict": M.mcc_strict(truth, D_MD, sign_M),
+        "mcc_strict_all": M.mcc_strict_all(truth, D_MD, sign_M),
+        "recall": M.recall(truth, D_MD, sign_M),
+        "precision": M.precision(truth, D_MD, sign_M),
         "composition": None if groups is None else M.composition(G_KD, groups, D_MD),
     }
 
 
 def chance_scores(
-    gt: GroundTruth, G_KD: Tensor, A_NK: Tensor, X_ND: Tensor, m: int, seed: int
+    gt: GroundTruth, truth: M.Truth, A_NK: Tensor, X_ND: Tensor, sign_M: Tensor, seed: int
 ) -> dict[str, float | None]:
-    """Mean scores of random dictionaries of ``m`` directions in the data's span.
+    """Per score, the strongest null: the best mean over null dictionaries of the method's
+    size and latent signs in the data's span (see ``null_dictionaries``).
 
-    They depend on the method only through ``m``, so every run on the same site, seed
-    and ``m`` gets the same numbers: they are computed once per process and kept, keyed
-    by the contents (not the identity) of every input.
+    They depend on the method only through its size and signs, so every run on the same
+    site, seed and sign profile gets the same numbers: computed once per process and kept,
+    keyed by the contents (not the identity) of every input.
     """
-    key = (digest(G_KD, A_NK, X_ND), repr(gt.groups), repr(gt.is_model), m, seed)
+    profile = tuple(sorted(sign_M.tolist()))
+    key = (digest(truth.G_KD, A_NK, X_ND), repr(gt.groups), repr(gt.is_model), profile, seed)
     if key not in CHANCE_KEPT:
-        CHANCE_KEPT[key] = chance_scores_afresh(gt, G_KD, A_NK, X_ND, m, seed)
+        CHANCE_KEPT[key] = chance_scores_afresh(gt, truth, A_NK, X_ND, sign_M, seed)
         while len(CHANCE_KEPT) > 64:
             CHANCE_KEPT.pop(next(iter(CHANCE_KEPT)))
     return dict(CHANCE_KEPT[key])
@@ -69,21 +80,44 @@ def digest(*tensors: Tensor) -> str:
     return h.hexdigest()
 
 
-def chance_scores_afresh(
-    gt: GroundTruth, G_KD: Tensor, A_NK: Tensor, X_ND: Tensor, m: int, seed: int
-) -> dict[str, float | None]:
+def null_dictionaries(m: int, X_ND: Tensor, seed: int) -> dict[str, list[Tensor]]:
+    """Null dictionaries of ``m`` unit directions in the data's span, by family: random
+    directions, rows of random orthonormal bases, and the data's principal directions."""
     basis_RD = M.span_basis(X_ND)
     g = generator(seed, "chance")
-    draws: list[dict[str, float | None]] = []
-    for _ in range(N_CHANCE_DRAWS):
-        D_MD = M.random_dictionary(m, basis_RD, g)
-        scores = direction_scores(gt, G_KD, D_MD)
-        scores["mcc_act"] = M.mcc_act(A_NK, X_ND.double() @ D_MD.T)
-        draws.append(scores)
+    return {
+        "random": [M.random_dictionary(m, basis_RD, g) for _ in range(N_CHANCE_DRAWS)],
+        "orthonormal": [M.random_orthonormal(m, basis_RD, g) for _ in range(N_CHANCE_DRAWS)],
+        "pca": [M.pca_dictionary(m, X_ND, basis_RD, g)],
+    }
+
+
+def chance_scores_afresh(
+    gt: GroundTruth, truth: M.Truth, A_NK: Tensor, X_ND: Tensor, sign_M: Tensor, seed: int
+) -> dict[str, float | None]:
+    A_model = A_NK[:, truth.model_K]
+    family_means: list[dict[str, float | None]] = []
+    for draws in null_dictionaries(sign_M.shape[0], X_ND, seed).values():
+        scores = []
+        for D_MD in draws:
+            one = direction_scores(gt, truth, D_MD, sign_M)
+            one["mcc_act"] = M.mcc_act(A_model, X_ND.double() @ D_MD.T)
+            scores.append(one)
+        family_means.append(mean_scores(scores))
+    out: dict[str, float | None] = {}
+    for key in family_means[0]:
+        vals = [v for f in family_means if (v := f[key]) is not None]
+        # relatedness medians are counts (lower = more related): the strongest null is the min
+        strongest = min if key.endswith("_median") else max
+        out[f"{key}_chance"] = strongest(vals) if vals else None
+    return out
+
+
+def mean_scores(draws: list[dict[str, float | None]]) -> dict[str, float | None]:
     out: dict[str, float | None] = {}
     for key in draws[0]:
         vals = [v for d in draws if (v := d[key]) is not None]
-        out[f"{key}_chance"] = sum(vals) / len(vals) if vals else None
+        out[key] = sum(vals) / len(vals) if vals else None
     return out
 
 
@@ -94,17 +128,18 @@ def downstream_scores(
     G_KD: Tensor,
     A_NK: Tensor,
     alive_M: Tensor,
+    sim_KA: Tensor,
     Z_NM: Tensor,
     Xhat_ND: Tensor,
 ) -> dict[str, float | int | None]:
     """Faithfulness of the spliced reconstruction and causal agreement of matched latents.
 
-    True features are matched one-to-one (Hungarian on |cos|) to alive latents only.
-    ``Z_NM`` and ``Xhat_ND`` are ``method.encode(X_ND)`` and its decoding.
+    Model features are matched one-to-one (Hungarian on ``sim_KA``, their sign-aware
+    similarity with the alive latents) to alive latents only. ``Z_NM`` and ``Xhat_ND`` are
+    ``method.encode(X_ND)`` and its decoding.
     """
     ids = torch.arange(alive_M.shape[0])[alive_M].tolist()
-    D_alive = method.directions()[alive_M]
-    match = [(k, ids[m]) for k, m in hungarian(abs_cos(G_KD, D_alive))]
+    match = [(k, ids[m]) for k, m in hungarian(sim_KA)]
     enc, dec, f_ = reusing(method, f, X_ND, Z_NM, Xhat_ND)
     agree, rel_err = causal.causal_agreement(f_, X_ND, G_KD, A_NK, match, enc, dec)
     return {
@@ -157,11 +192,11 @@ def score(
     D_MD = method.directions()
     assert D_MD.shape == (Z_NM.shape[1], X_ND.shape[1]), f"directions {tuple(D_MD.shape)}"
     alive = M.alive_mask(Z_NM)
-    model = gt.model_mask
-    G_KD, A_NK = gt.directions_KD[model], feats_NK[:, model]
-    D_alive = D_MD[alive]
+    truth = truth_at(gt, feats_NK)
+    G_KD, A_NK = truth.model()[0], feats_NK[:, truth.model_K]
+    D_alive, sign_M = D_MD[alive], M.signs_of(Z_NM[:, alive])
     out: dict[str, float | int | None] = {}
-    out.update(direction_scores(gt, G_KD, D_alive))
+    out.update(direction_scores(gt, truth, D_alive, sign_M))
     out["mcc_act"] = M.mcc_act(A_NK, Z_NM[:, alive])
     rel_act = relatedness.activation_relatedness(A_NK, Z_NM[:, alive])
     out["rel_act_median"], out["rel_act_share3"] = relatedness.summarise(rel_act)
@@ -169,7 +204,11 @@ def score(
     if callable(extra):
         out.update({f"method_{k}": v for k, v in extra().items()})
     if downstream is not None:
-        out.update(downstream_scores(downstream, method, X_ND, G_KD, A_NK, alive, Z_NM, Xhat_ND))
+        G, s_K, _ = truth.model()
+        sim_KA = M.signed_sim(G, s_K, D_alive, sign_M)
+        out.update(
+            downstream_scores(downstream, method, X_ND, G_KD, A_NK, alive, sim_KA, Z_NM, Xhat_ND)
+        )
     out.update(
         fvu=M.fvu(X_ND, Xhat_ND),
         l0=M.l0(Z_NM),
@@ -178,5 +217,7 @@ def score(
         width=int(Z_NM.shape[1]),
         n_true=int(G_KD.shape[0]),
     )
-    out.update(chance_scores(gt, G_KD, A_NK, X_ND, max(int(alive.sum()), 1), seed))
+    if sign_M.numel() == 0:
+        sign_M = torch.ones(1, dtype=torch.int64)
+    out.update(chance_scores(gt, truth, feats_NK, X_ND, sign_M, seed))
     return out

@@ -31,10 +31,18 @@ from decompbench.bench import plots
 from decompbench.bench.artefacts import RunArtefacts, load_run_artefacts
 from decompbench.bench.executors import WorkerSetup, make_executor
 from decompbench.bench.results import Record, read_records, write_text_atomic
+from decompbench.bench.rows import (
+    STANCE_HEADERS,
+    STANCE_MEANING,
+    stance_cells,
+    stance_legend,
+    summary_sentence,
+)
 from decompbench.bench.table import COLUMNS, Labeller, group_runs, mean_metric
 from decompbench.bench.verdict import (
     TWIN_KEY,
     Setting,
+    StanceRow,
     Thresholds,
     group_key,
     oracle_select,
@@ -230,6 +238,24 @@ class Images:
 # --- sections -------------------------------------------------------------------------
 
 
+def answer(records: list[Record], stances: list[StanceRow]) -> str:
+    """The generated summary at the top: one sentence per toy and site, and the legend."""
+    names = Labeller(records)
+    items = "".join(
+        f"<li>{e(summary_sentence(s, names.toy(s.toy, s.toy_params)))}</li>" for s in stances
+    )
+    legend = "".join(
+        f'<li><span class="badge {STANCE_CLASS.get(k, "sna")}">{e(k)}</span> {e(v)}</li>'
+        for k, v in STANCE_MEANING.items()
+    )
+    return (
+        "<p><b>Does an activation-only decomposition find the features the model uses?</b> "
+        "Per toy and site:</p>"
+        f'<ul class="summary">{items}</ul><p class="note">Stances:</p><ul class="legend">'
+        f"{legend}</ul>"
+    )
+
+
 def overview(out_dir: Path, records: list[Record], bests: list[Best]) -> str:
     ok = sum(r.status == "ok" for r in records)
     with_art = sum(b.artefacts is not None for b in bests)
@@ -245,69 +271,29 @@ def overview(out_dir: Path, records: list[Record], bests: list[Best]) -> str:
     return (
         f'<table class="facts">{rows}</table><p class="note">Scores are on held-out samples '
         "against the model's features; numbers in grey brackets are the same score for "
-        "random dictionaries of the same size in the data's span (chance).</p>"
+        "the strongest null dictionaries of the same size in the data's span (chance).</p>"
     )
 
 
-STANCE_CLASS = {"1": "s1", "2a": "s2a", "2b": "s2b"}
+STANCE_CLASS = {"1": "s1", "2a": "s2a", "2b": "s2b", "unresolved": "sna"}
 
 
-def pick(entry: dict[str, Any] | None, names: Labeller) -> str:
-    if entry is None:
-        return "–"
-    label = names.method(entry["method"], entry["params"])
-    return f"{e(label)}: {fmt(entry['score'], entry['chance'])}"
+def stance_row(s: StanceRow, names: Labeller) -> list[str]:
+    """One verdict row as HTML cells: the shared plain-text cells, escaped, with a badge."""
+    cells = [e(c) for c in stance_cells(s, names.toy(s.toy, s.toy_params))]
+    badge = STANCE_CLASS.get(s.stance, "sna")
+    meaning = e(STANCE_MEANING.get(s.stance, ""))
+    cells[2] = f'<span class="badge {badge}" title="{meaning}">{cells[2]}</span>'
+    return cells
 
 
-STANCE_HEADERS = [
-    "toy",
-    "site",
-    "stance",
-    "best act-only (own rule)",
-    "act-only (oracle)",
-    "rel≤3 (chance)",
-    "best downstream-aware (own rule)",
-    "best twin strict",
-]
-
-
-def stance_row(s: dict[str, Any], names: Labeller, short: dict[str, str]) -> list[str]:
-    """One verdict record as table cells (``short``: verdict setting label -> display)."""
-    rel = s["relatedness"] or {}
-    twins = s["twin_scores"]
-    best = max(twins.items(), key=lambda kv: kv[1]["mcc_strict"] or 0.0, default=None)
-    twin = f"{e(short.get(best[0], best[0]))}: {fmt(best[1]['mcc_strict'])}" if best else "–"
-    badge = STANCE_CLASS.get(s["stance"], "sna")
-    return [
-        e(names.toy(s["toy"], s["toy_params"])),
-        e(s["site"]),
-        f'<span class="badge {badge}">{e(s["stance"])}</span>',
-        pick(s["best_activation_only"], names),
-        pick(s["best_activation_only_oracle"], names),
-        fmt(rel.get("share3"), rel.get("chance")),
-        pick(s["best_downstream_aware"], names),
-        twin,
-    ]
-
-
-def stance_section(records: list[Record], stances: list[dict[str, Any]]) -> str:
+def stance_section(records: list[Record], stances: list[StanceRow]) -> str:
     if not stances:
         return "<p>No runs.</p>"
-    th = stances[0]["thresholds"]
     names = Labeller(records)
-    short = {
-        setting_label(Setting(r.method, r.method_params, r.access, (), {})): names.method(
-            r.method, r.method_params
-        )
-        for r in records
-    }
-    rows = [stance_row(s, names, short) for s in stances]
+    rows = [stance_row(s, names) for s in stances]
     legend = (
-        f"Score: <b>{e(str(th['score']))}</b>. Stance <b>(1)</b>: the best self-selected "
-        f"activation-only method reaches {th['recover']} and beats chance by {th['margin']}; "
-        f"else <b>(2a)</b>: at least {th['sparse_share']} of the true features are sparse "
-        "(≤ 3 latents) mixes of its latents, beating chance by the same margin; else "
-        "<b>(2b)</b>. The same verdict as <code>stance.json</code>."
+        e(stance_legend(stances[0].thresholds)) + " The same verdict as <code>stance.json</code>."
     )
     return f'<p class="note">{legend}</p>' + table(STANCE_HEADERS, rows, "stance")
 
@@ -422,7 +408,7 @@ def twin_block(
     key: str, twins: dict[str, list[Setting]], names: Labeller, images: Images, th: Thresholds
 ) -> str:
     """The twin panel and table of one toy family (twin value -> its settings)."""
-    scores = twin_scores(twins, th)
+    scores = twin_scores(twins)
     if not scores:
         return ""
     by_label = {setting_label(s): s for ss in twins.values() for s in ss}
@@ -580,9 +566,10 @@ def render(out_dir: Path, jobs: int = 1) -> str:
     bests = {g.key: best_runs(out_dir, records, g, th) for g in groups}
     flat = [b for g in groups for b in bests[g.key]]
     images = Images(out_dir, jobs)
+    stances = verdict(records, th)
     body = {
-        "overview": overview(out_dir, records, flat),
-        "stance": stance_section(records, verdict(records, th)),
+        "overview": answer(records, stances) + overview(out_dir, records, flat),
+        "stance": stance_section(records, stances),
         "scores": scores_section(records),
         "heatmaps": heatmaps_section(groups, bests, names, images),
         "sweeps": sweeps_section(groups, names, images, th),

@@ -20,16 +20,20 @@ names the file and the place.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from fractions import Fraction
+from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from decompbench.bench.results import SUITE_COPY, make_run_id
 from decompbench.config import StrictModel, validate
@@ -39,6 +43,9 @@ from decompbench.registry import get_method, get_toy
 from decompbench.toys.base import build_toy
 
 DEFAULT_SUITE = "default.yaml"
+BUILTIN_SUITES = ("default", "verdict")
+MIN_VERDICT_SEEDS = 3
+RELATIVE = re.compile(r"^(?P<mult>[0-9]+(?:\.[0-9]+)?)d$")  # width: "4d" = 4 x site dim
 MAX_SEED = 2**31 - 1
 MAX_SAMPLES = 1_000_000
 MAX_NODES = 100_000  # values in a suite once YAML aliases are expanded
@@ -72,9 +79,19 @@ class ToySpec(SpecModel):
 class MethodSpec(SpecModel):
     name: str
     params: dict[str, Any] = Field(default_factory=dict)
+    # Parameter -> list of values: one method entry per combination (merged into params).
+    # A combination a site cannot take (e.g. k > width) is skipped at that site; a sweep
+    # with no valid combination at a site it runs on is an error.
+    sweep: dict[str, list[Any]] | None = None
+    # A name for this entry (and its sweep): a toy's `methods:` list then picks it by this
+    # id, not by the method's name.
+    id: str | None = None
+    _sweep: int | None = PrivateAttr(default=None)  # index of the entry it was expanded from
 
 
 class Suite(SpecModel):
+    # A verdict suite: its stance table is a finding, so it must run >= MIN_VERDICT_SEEDS seeds.
+    verdict: bool = False
     seeds: list[int] = Field(default=[0], min_length=1)
     n_train: int = Field(default=16384, ge=16, le=MAX_SAMPLES)
     n_eval: int = Field(default=4096, ge=16, le=MAX_SAMPLES)
@@ -88,6 +105,15 @@ class Suite(SpecModel):
             if not 0 <= s <= MAX_SEED:
                 raise ValueError(f"seed {s} is outside 0..{MAX_SEED}")
         return unique(v, "seed")
+
+    @model_validator(mode="after")
+    def _verdict_seeds(self) -> Suite:
+        if self.verdict and len(self.seeds) < MIN_VERDICT_SEEDS:
+            raise ValueError(
+                f"a verdict suite needs at least {MIN_VERDICT_SEEDS} seeds "
+                f"(got {len(self.seeds)}): its stances carry intervals over seeds"
+            )
+        return self
 
 
 def read_text(path: Path) -> str:
@@ -204,6 +230,19 @@ def resolve_toy(t: ToySpec, seed: int, where: str) -> ToySpec:
     return t.model_copy(update={"sites": t.sites or list(toy.sites)})
 
 
+def comparable(m: MethodSpec) -> dict[str, Any]:
+    """``m``'s params with defaults filled in where they can be (not for relative widths or
+    swept combinations that are invalid everywhere: those compare as given)."""
+    if is_relative(m.params):
+        return m.params
+    try:
+        return normalised("method", m.name, m.params)
+    except UserError:
+        if m._sweep is None:
+            raise
+        return m.params
+
+
 def check_no_repeats(suite: Suite, where: str) -> None:
     """Two entries that describe the same run would record it twice: reject them."""
     seen: dict[tuple[str, str], str] = {}
@@ -215,7 +254,7 @@ def check_no_repeats(suite: Suite, where: str) -> None:
             seen[key, s] = f"toys[{i}]"
     methods: dict[str, int] = {}
     for i, m in enumerate(suite.methods):
-        key = json.dumps([m.name, normalised("method", m.name, m.params)], sort_keys=True)
+        key = json.dumps([m.name, comparable(m)], sort_keys=True)
         if key in methods:
             raise UserError(
                 f"{where}: methods[{i}] repeats methods[{methods[key]}] "
@@ -224,8 +263,102 @@ def check_no_repeats(suite: Suite, where: str) -> None:
         methods[key] = i
 
 
+def expand_sweeps(methods: list[MethodSpec], where: str) -> list[MethodSpec]:
+    """One method entry per combination of each entry's ``sweep`` values."""
+    out: list[MethodSpec] = []
+    for i, m in enumerate(methods):
+        if m.sweep is None:
+            out.append(m)
+            continue
+        if not m.sweep or not all(m.sweep.values()):
+            raise UserError(f"{where}: methods[{i}].sweep has an empty list: it selects nothing")
+        for key in m.sweep:
+            if key in m.params:
+                raise UserError(f"{where}: methods[{i}] sets '{key}' in both params and sweep")
+        keys = list(m.sweep)
+        for combo in itertools.product(*(m.sweep[k] for k in keys)):
+            params = {**m.params, **dict(zip(keys, combo, strict=True))}
+            one = MethodSpec(name=m.name, params=params, id=m.id)
+            one._sweep = i
+            out.append(one)
+    return out
+
+
+def relative_width(params: dict[str, Any], d: int, where: str) -> dict[str, Any]:
+    """``params`` with a relative ``width`` ("4d", "0.5d": times the site's dimension d,
+    rounded half up) replaced by the number of latents."""
+    w = params.get("width")
+    if not isinstance(w, str) or (match := RELATIVE.match(w)) is None:
+        return params
+    width = math.floor(Fraction(match["mult"]) * d + Fraction(1, 2))
+    if width < 1:
+        raise UserError(f"{where}: width '{w}' gives {width} latents at a site of d = {d}")
+    return {**params, "width": width}
+
+
+def is_relative(params: dict[str, Any]) -> bool:
+    return isinstance(params.get("width"), str)
+
+
+@lru_cache(maxsize=256)
+def site_dim(toy_key: str, site: str, seed: int) -> int:
+    """The dimension of ``site`` of the toy ``json.dumps([name, params])``."""
+    name, params = json.loads(toy_key)
+    toy = build_toy(name, params, seed)
+    return int(toy.acts(site, toy.sample(2, 0).inputs).shape[1])
+
+
+def resolved_params(t: ToySpec, site: str, m: MethodSpec, seed: int, where: str) -> dict[str, Any]:
+    """``m``'s parameters at ``site`` of toy ``t`` (relative widths made absolute)."""
+    if not is_relative(m.params):
+        return m.params
+    d = site_dim(json.dumps([t.name, t.params], sort_keys=True), site, seed)
+    return relative_width(m.params, d, f"{where} at {t.name}@{site}")
+
+
+def runs_on(t: ToySpec, m: MethodSpec) -> bool:
+    """A toy's ``methods`` list picks entries by name, or by id for entries that have one."""
+    return t.methods is None or (m.id or m.name) in t.methods
+
+
+def valid_at(t: ToySpec, site: str, m: MethodSpec, seed: int, where: str) -> bool:
+    """Whether ``m`` can run at ``site``: a swept combination that cannot is skipped there
+    (False); any other invalid entry raises the one-line error."""
+    try:
+        build_method(m.name, resolved_params(t, site, m, seed, where), where)
+    except UserError:
+        if m._sweep is None:
+            raise
+        return False
+    return True
+
+
+def check_methods(suite: Suite, where: str) -> None:
+    """Validate every method entry at every site it runs on; every sweep must leave at
+    least one valid combination at each of its sites."""
+    chosen: dict[tuple[int, int, str], bool] = {}
+    for i, m in enumerate(suite.methods):
+        here = f"{where}: methods[{i}].params ({m.name})"
+        if not is_relative(m.params) and m._sweep is None:
+            build_method(m.name, m.params, here)
+            continue
+        for j, t in enumerate(suite.toys):
+            for site in (t.sites or []) if runs_on(t, m) else []:
+                ok = valid_at(t, site, m, suite.seeds[0], here)
+                if m._sweep is not None:
+                    key = (m._sweep, j, site)
+                    chosen[key] = chosen.get(key, False) or ok
+    for (i, j, site), ok in chosen.items():
+        if not ok:
+            raise UserError(
+                f"{where}: methods[{i}].sweep selects nothing at toys[{j}] site '{site}' "
+                "(no combination is valid there)"
+            )
+
+
 def parse_suite(data: Any, where: str) -> Suite:
-    """Validate the suite and every toy/method parameter block; resolve default sites."""
+    """Validate the suite and every toy/method parameter block; resolve default sites,
+    expand sweeps."""
     if not isinstance(data, dict):
         raise UserError(f"{where}: a suite must be a mapping with 'toys' and 'methods'")
     expanded_size(data, where)  # before anything walks the structure
@@ -234,30 +367,38 @@ def parse_suite(data: Any, where: str) -> Suite:
     for i, m in enumerate(suite.methods):
         located(get_method, m.name, f"{where}: methods[{i}].name")
         check_finite(m.params, f"{where}: methods[{i}].params")
-        build_method(m.name, m.params, f"{where}: methods[{i}].params ({m.name})")
-    names = {m.name for m in suite.methods}
+        check_finite(m.sweep, f"{where}: methods[{i}].sweep")
+    names = {m.name for m in suite.methods} | {m.id for m in suite.methods if m.id}
     for i, t in enumerate(suite.toys):
         for name in set(t.methods or []) - names:
             raise UserError(
-                f"{where}: toys[{i}].methods: '{name}' is not among the suite's methods"
+                f"{where}: toys[{i}].methods: '{name}' is not among the suite's methods or ids"
             )
-    suite = suite.model_copy(update={"toys": toys})
+    methods = expand_sweeps(suite.methods, where)
+    suite = suite.model_copy(update={"toys": toys, "methods": methods})
+    check_methods(suite, where)
     check_no_repeats(suite, where)
     return suite
 
 
-def load_suite(path: Path | None) -> tuple[Suite, str]:
-    """The suite at ``path`` (or the built-in default) and its YAML text."""
+def load_suite(path: Path | None, builtin: str = "default") -> tuple[Suite, str]:
+    """The suite at ``path`` (or the built-in one named ``builtin``) and its YAML text."""
     if path is None:
-        text = resources.files("decompbench.bench").joinpath(DEFAULT_SUITE).read_text()
-        return parse_suite(yaml.safe_load(text), f"<built-in {DEFAULT_SUITE}>"), text
+        if builtin not in BUILTIN_SUITES:
+            raise UserError(
+                f"unknown built-in suite '{builtin}' (known: {', '.join(BUILTIN_SUITES)})"
+            )
+        name = f"{builtin}.yaml"
+        text = resources.files("decompbench.bench").joinpath(name).read_text()
+        return parse_suite(yaml.safe_load(text), f"<built-in {name}>"), text
     text = read_text(path)
     return parse_suite(read_yaml(path, text), str(path)), text
 
 
 def with_seeds(suite: Suite, seeds: list[int]) -> Suite:
     """A copy of ``suite`` with its seeds replaced and re-validated (configs never mutate)."""
-    return validate(Suite, {**suite.model_dump(), "seeds": seeds}, "--seeds")
+    checked = validate(Suite, {**suite.model_dump(), "seeds": seeds}, "--seeds")
+    return suite.model_copy(update={"seeds": checked.seeds})  # keeps the expanded sweeps
 
 
 @dataclass(frozen=True)
@@ -299,16 +440,18 @@ def tags(entries: list[tuple[str, dict[str, Any]]]) -> list[str]:
 def plan_runs(suite: Suite) -> list[PlannedRun]:
     """Every run of the suite, in execution order: seed, toy, site, method."""
     toys = [normalised("toy", t.name, t.params) for t in suite.toys]
-    methods = [normalised("method", m.name, m.params) for m in suite.methods]
     toy_tags = tags([(t.name, p) for t, p in zip(suite.toys, toys, strict=True)])
-    method_tags = tags([(m.name, p) for m, p in zip(suite.methods, methods, strict=True)])
+    method_tags = tags([(m.name, m.params) for m in suite.methods])  # as given (sweeps expanded)
     plan = []
     for seed in suite.seeds:
         for t, tparams, ttag in zip(suite.toys, toys, toy_tags, strict=True):
             for site in t.sites or []:
-                for m, mparams, mtag in zip(suite.methods, methods, method_tags, strict=True):
-                    if t.methods is not None and m.name not in t.methods:
+                for m, mtag in zip(suite.methods, method_tags, strict=True):
+                    if not runs_on(t, m) or not valid_at(t, site, m, suite.seeds[0], m.name):
                         continue
+                    given = resolved_params(t, site, m, suite.seeds[0], m.name)
+                    m = MethodSpec(name=m.name, params=given) if given is not m.params else m
+                    mparams = normalised("method", m.name, m.params)
                     identity = dict(
                         toy=t.name, toy_params=tparams, site=site, method=m.name,
                         method_params=mparams, seed=seed, n_train=suite.n_train,

@@ -10,15 +10,19 @@ from collections import defaultdict
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
 from decompbench.bench.results import Record
+from decompbench.bench.rows import STANCE_HEADERS, stance_cells, stance_legend
+from decompbench.bench.verdict import StanceRow
 
 TWIN_KEY = "use"
 COLUMNS = [  # (metric, header, has a chance level)
     ("mcc", "MCC", True),
     ("mcc_strict", "strict", True),
+    ("mcc_strict_all", "strict-all", True),
     ("mcc_act", "MCC-act", True),
     ("mmcs", "MMCS", True),
     ("recall", "recall", True),
@@ -143,51 +147,20 @@ def twin_table(records: list[Record]) -> Table | None:
     return table
 
 
-def pick(entry: dict[str, Any] | None, names: Labeller) -> str:
-    """``method params: score (chance)`` of a verdict entry."""
-    if entry is None:
-        return "-"
-    return (
-        f"{names.method(entry['method'], entry['params'])}: {fmt(entry['score'], entry['chance'])}"
-    )
-
-
-def stance_table(records: list[Record], stances: list[dict[str, Any]]) -> Table:
-    th = stances[0]["thresholds"] if stances else {}
-    table = Table(
-        title=f"Stance per toy and site (score: {th.get('score')}; (1) if >= {th.get('recover')} "
-        f"and {th.get('margin')} above chance; else (2a) if relatedness<=3 for >= "
-        f"{th.get('sparse_share')} of features; else (2b))"
-    )
-    headers = (
-        "toy",
-        "site",
-        "stance",
-        "best act-only (own rule)",
-        "act-only (oracle)",
-        "rel<=3 (chance)",
-        "best downstream-aware (own rule)",
-        "best twin strict",
-    )
-    for h in headers:
+def stance_table(records: list[Record], stances: list[StanceRow]) -> Table:
+    th = stances[0].thresholds if stances else {}
+    table = Table(title="Stance per toy and site", caption=escape(stance_legend(th)))
+    for h in STANCE_HEADERS:
         table.add_column(h, no_wrap=h in ("toy", "site", "stance"))
     names = Labeller(records)
     for s in stances:
-        rel = s["relatedness"] or {}
-        twins = s["twin_scores"]
-        best_twin = max(twins.items(), key=lambda kv: kv[1]["mcc_strict"] or 0.0, default=None)
-        twin_cell = f"{best_twin[0]}: {fmt(best_twin[1]['mcc_strict'])}" if best_twin else "-"
-        table.add_row(
-            names.toy(s["toy"], s["toy_params"]), s["site"], s["stance"],
-            pick(s["best_activation_only"], names), pick(s["best_activation_only_oracle"], names),
-            fmt(rel.get("share3"), rel.get("chance")), pick(s["best_downstream_aware"], names),
-            twin_cell,
-        )  # fmt: skip
+        cells = stance_cells(s, names.toy(s.toy, s.toy_params))
+        table.add_row(*(escape(c) for c in cells))
     return table
 
 
 def build_tables(
-    records: list[Record], stances: list[dict[str, Any]] | None = None
+    records: list[Record], stances: list[StanceRow] | None = None
 ) -> list[tuple[str, Table]]:
     """The tables of ``run``/``show`` with a short name each (scores, twins, stance)."""
     tables = [("scores", scores_table(records))]
@@ -248,7 +221,8 @@ def markdown(tables: list[tuple[str, Table]]) -> str:
     for _, table in tables:
         headers, rows = rows_of(table)
         body = [line(headers), line(["---"] * len(headers)), *map(line, rows)]
-        parts.append(f"### {plain(table.title or '')}\n\n" + "\n".join(body) + "\n")
+        caption = f"\n{plain(table.caption)}\n" if table.caption else ""
+        parts.append(f"### {plain(table.title or '')}\n\n" + "\n".join(body) + "\n" + caption)
     return "\n".join(parts)
 
 
@@ -271,7 +245,7 @@ def as_json(tables: list[tuple[str, Table]]) -> str:
     for name, table in tables:
         headers, rows = rows_of(table)
         doc.append({"name": name, "title": plain(table.title or ""), "columns": headers,
-                    "rows": rows})  # fmt: skip
+                    "rows": rows, "caption": plain(table.caption or "")})  # fmt: skip
     return json.dumps({"tables": doc}, indent=1, ensure_ascii=False) + "\n"
 
 
@@ -295,7 +269,7 @@ FORMATS = {"md": markdown, "csv": as_csv, "json": as_json}
 
 def print_tables(
     records: list[Record],
-    stances: list[dict[str, Any]] | None = None,
+    stances: list[StanceRow] | None = None,
     console: Console | None = None,
     fmt: str = "text",
     others: list[Record] | None = None,

@@ -7,6 +7,7 @@ from decompbench.methods import (
     lib,
     nmf,
     pca,
+    random_dirs,
     sae_batchtopk,
     sae_e2e,
     sae_e2e_ds,
@@ -17,6 +18,7 @@ from decompbench.methods import (
     spd,
     transcoder,
     transcoder_skip,
+    weights,
 )
 from decompbench.methods.base import Access, Decomposition, build_method
 
@@ -30,6 +32,7 @@ __all__ = [
     "lib",
     "nmf",
     "pca",
+    "random_dirs",
     "sae_batchtopk",
     "sae_e2e",
     "sae_e2e_ds",
@@ -40,4 +43,5 @@ __all__ = [
     "spd",
     "transcoder",
     "transcoder_skip",
+    "weights",
 ]

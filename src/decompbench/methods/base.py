@@ -27,6 +27,9 @@ class Decomposition(ABC):
     access: ClassVar[Access] = "activation_only"
     directions_kind: ClassVar[str] = "decoder"
     summary: ClassVar[str] = ""
+    # A trivial baseline (``random``, ``weights``): the verdict compares the best method of
+    # each access class with the best baseline of that class instead of ranking it.
+    baseline: ClassVar[bool] = False
 
     def __init__(self, params: StrictModel) -> None:
         self.params = params

@@ -6,6 +6,8 @@ only alive latents), ``A_NK`` / ``Z_NM`` their activations on the same samples.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
@@ -17,10 +19,15 @@ def unit_rows(X_MD: Tensor) -> Tensor:
     return X_MD / X_MD.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
 
+def cosine(G_KD: Tensor, D_MD: Tensor) -> Tensor:
+    """[k, m] cosine between true and learned directions (double precision)."""
+    assert G_KD.shape[1] == D_MD.shape[1], f"dims differ: {G_KD.shape} vs {D_MD.shape}"
+    return unit_rows(G_KD.double()) @ unit_rows(D_MD.double()).T
+
+
 def abs_cos(G_KD: Tensor, D_MD: Tensor) -> Tensor:
     """[k, m] |cosine| between true and learned directions."""
-    assert G_KD.shape[1] == D_MD.shape[1], f"dims differ: {G_KD.shape} vs {D_MD.shape}"
-    return (unit_rows(G_KD.double()) @ unit_rows(D_MD.double()).T).abs()
+    return cosine(G_KD, D_MD).abs()
 
 
 def hungarian(sim_KM: Tensor) -> list[tuple[int, int]]:
@@ -36,21 +43,141 @@ def _matched_sum(sim_KM: Tensor) -> float:
     return float(sum(float(sim_KM[r, c]) for r, c in hungarian(sim_KM)))
 
 
-def mmcs(G_KD: Tensor, D_MD: Tensor) -> float:
-    """Mean over true features of the max |cos| with any learned direction."""
-    if D_MD.shape[0] == 0:
+def signs_of(acts_NK: Tensor, tol: float = 0.01) -> Tensor:
+    """[k] sign of each column's activations: +1 / -1 when (nearly) one-sided, 0 when two-sided.
+
+    A column is one-sided when the mass of its minority sign is below ``tol`` of its total
+    absolute mass. Columns that never fire count as +1.
+    """
+    a = acts_NK.double()
+    pos, neg = a.clamp_min(0).sum(dim=0), (-a).clamp_min(0).sum(dim=0)
+    total = (pos + neg).clamp_min(1e-300)
+    sign_K = torch.zeros(a.shape[1], dtype=torch.int64)
+    sign_K[neg <= tol * total] = 1
+    sign_K[(pos <= tol * total) & (neg > tol * total)] = -1
+    return sign_K
+
+
+def signed_sim(G_KD: Tensor, sign_K: Tensor, D_MD: Tensor, sign_M: Tensor) -> Tensor:
+    """[k, m] sign-aware similarity of true and learned directions.
+
+    Where both the true feature and the latent are one-sided (sign +1 or -1), the latent
+    points along ``sign_m * d_m`` and the feature along ``sign_k * g_k``: the similarity is
+    their cosine clipped at 0, so ``[q, q]`` does not recover ``[q, -q]``. Where either is
+    two-sided (sign 0) the sign carries no meaning and the similarity is ``|cos|``.
+    """
+    cos_KM = cosine(G_KD, D_MD)
+    s_KM = sign_K.double()[:, None] * sign_M.double()[None, :]
+    signed = (s_KM * cos_KM).clamp_min(0.0)
+    return torch.where(s_KM == 0, cos_KM.abs(), signed)
+
+
+def match_thresholds(G_KD: Tensor, sign_K: Tensor, tau: float = TAU) -> Tensor:
+    """[k] the similarity a latent needs to count as recovering each true feature.
+
+    ``max(tau, (1 + nn_k) / 2)`` where ``nn_k`` is feature k's largest sign-aware similarity
+    with another true feature: on dense truths (neighbours at cos 0.99) a latent must sit
+    closer to g_k than halfway towards its nearest neighbour, so one latent cannot count
+    for a whole neighbourhood. A hair of slack (1e-9) lets an exact copy pass.
+    """
+    k = G_KD.shape[0]
+    if k < 2:
+        return torch.full((k,), tau, dtype=torch.float64)
+    sim = signed_sim(G_KD, sign_K, G_KD, sign_K)
+    sim.fill_diagonal_(-1.0)
+    nn_K = sim.max(dim=1).values
+    return torch.maximum(torch.full_like(nn_K, tau), (1 + nn_K) / 2) - 1e-9
+
+
+@dataclass(frozen=True)
+class Truth:
+    """Every true feature at a site (model and data-only), signed, with its match threshold."""
+
+    G_KD: Tensor
+    sign_K: Tensor
+    model_K: Tensor  # bool: used by later layers
+    tau_K: Tensor
+
+    @classmethod
+    def of(cls, G_KD: Tensor, sign_K: Tensor, model_K: Tensor, tau: float = TAU) -> Truth:
+        return cls(G_KD, sign_K, model_K.bool(), match_thresholds(G_KD, sign_K, tau))
+
+    @property
+    def n_model(self) -> int:
+        return int(self.model_K.sum())
+
+    def model(self) -> tuple[Tensor, Tensor, Tensor]:
+        """(directions, signs, thresholds) of the model features only."""
+        m = self.model_K
+        return self.G_KD[m], self.sign_K[m], self.tau_K[m]
+
+
+TruthLike = Truth | Tensor
+
+
+def as_truth(truth: TruthLike) -> Truth:
+    """A bare [k, d] tensor stands for k model features without a sign (sign 0)."""
+    if isinstance(truth, Truth):
+        return truth
+    k = truth.shape[0]
+    return Truth.of(truth, torch.zeros(k, dtype=torch.int64), torch.ones(k, dtype=torch.bool))
+
+
+def as_signs(sign_M: Tensor | None, D_MD: Tensor) -> Tensor:
+    """Latent signs; ``None`` means two-sided latents (sign 0, matched on |cos|)."""
+    return torch.zeros(D_MD.shape[0], dtype=torch.int64) if sign_M is None else sign_M
+
+
+def mmcs(truth: TruthLike, D_MD: Tensor, sign_M: Tensor | None = None) -> float:
+    """Mean over model features of the max sign-aware similarity with any learned direction."""
+    truth, sign_M = as_truth(truth), as_signs(sign_M, D_MD)
+    G, s, _ = truth.model()
+    if D_MD.shape[0] == 0 or G.shape[0] == 0:
         return 0.0
-    return float(abs_cos(G_KD, D_MD).max(dim=1).values.mean())
+    return float(signed_sim(G, s, D_MD, sign_M).max(dim=1).values.mean())
 
 
-def mcc(G_KD: Tensor, D_MD: Tensor) -> float:
-    """Hungarian one-to-one matching on |cos|, summed and divided by the true features."""
-    return _matched_sum(abs_cos(G_KD, D_MD)) / G_KD.shape[0]
+def mcc(truth: TruthLike, D_MD: Tensor, sign_M: Tensor | None = None) -> float:
+    """Hungarian one-to-one matching of model features to latents, summed / #model features."""
+    truth, sign_M = as_truth(truth), as_signs(sign_M, D_MD)
+    G, s, _ = truth.model()
+    if G.shape[0] == 0:
+        return 0.0
+    return _matched_sum(signed_sim(G, s, D_MD, sign_M)) / G.shape[0]
 
 
-def mcc_strict(G_KD: Tensor, D_MD: Tensor) -> float:
-    """As ``mcc`` but divided by max(true features, learned latents): extra latents cost."""
-    return _matched_sum(abs_cos(G_KD, D_MD)) / max(G_KD.shape[0], D_MD.shape[0])
+def mcc_strict_all(truth: TruthLike, D_MD: Tensor, sign_M: Tensor | None = None) -> float:
+    """As ``mcc`` but divided by max(#model features, #alive latents): every latent costs,
+    including latents that correctly capture a data-only feature (the first version's
+    strict score; it cannot reach 1 on a toy with data-only features)."""
+    truth, sign_M = as_truth(truth), as_signs(sign_M, D_MD)
+    G, s, _ = truth.model()
+    if G.shape[0] == 0:
+        return 0.0
+    return _matched_sum(signed_sim(G, s, D_MD, sign_M)) / max(G.shape[0], D_MD.shape[0])
+
+
+def mcc_strict(truth: TruthLike, D_MD: Tensor, sign_M: Tensor | None = None) -> float:
+    """Strict recovery: extra latents cost, except latents that capture data-only features.
+
+    One Hungarian matching of *all* true features (model and data-only) to the latents. The
+    score is the summed similarity of the matched model features divided by
+    max(#model features, #latents - #excused), where a latent is excused when it is matched
+    to a data-only feature with a similarity that passes that feature's match threshold. A
+    dictionary of exactly the model and data-only features scores 1; one holding every
+    candidate (factored and composed) or every feature twice does not.
+    """
+    truth, sign_M = as_truth(truth), as_signs(sign_M, D_MD)
+    if truth.n_model == 0:
+        return 0.0
+    sim_KM = signed_sim(truth.G_KD, truth.sign_K, D_MD, sign_M)
+    model_sum, excused = 0.0, 0
+    for k, m in hungarian(sim_KM):
+        if bool(truth.model_K[k]):
+            model_sum += float(sim_KM[k, m])
+        elif float(sim_KM[k, m]) >= float(truth.tau_K[k]):
+            excused += 1
+    return model_sum / max(truth.n_model, D_MD.shape[0] - excused)
 
 
 def abs_corr(A_NK: Tensor, Z_NM: Tensor) -> Tensor:
@@ -69,18 +196,24 @@ def mcc_act(A_NK: Tensor, Z_NM: Tensor) -> float:
     return _matched_sum(abs_corr(A_NK, Z_NM)) / A_NK.shape[1]
 
 
-def recall(G_KD: Tensor, D_MD: Tensor, tau: float = TAU) -> float:
-    """Share of true features matched by some learned direction with |cos| >= tau."""
-    if D_MD.shape[0] == 0:
+def recall(truth: TruthLike, D_MD: Tensor, sign_M: Tensor | None = None) -> float:
+    """Share of model features whose best latent passes the feature's match threshold."""
+    truth, sign_M = as_truth(truth), as_signs(sign_M, D_MD)
+    G, s, tau = truth.model()
+    if D_MD.shape[0] == 0 or G.shape[0] == 0:
         return 0.0
-    return float((abs_cos(G_KD, D_MD).max(dim=1).values >= tau).double().mean())
+    best_K = signed_sim(G, s, D_MD, sign_M).max(dim=1).values
+    return float((best_K >= tau).double().mean())
 
 
-def precision(G_KD: Tensor, D_MD: Tensor, tau: float = TAU) -> float:
-    """Share of learned directions that match some true feature with |cos| >= tau."""
-    if D_MD.shape[0] == 0:
+def precision(truth: TruthLike, D_MD: Tensor, sign_M: Tensor | None = None) -> float:
+    """Share of latents that pass the match threshold of some model feature."""
+    truth, sign_M = as_truth(truth), as_signs(sign_M, D_MD)
+    G, s, tau = truth.model()
+    if D_MD.shape[0] == 0 or G.shape[0] == 0:
         return 0.0
-    return float((abs_cos(G_KD, D_MD).max(dim=0).values >= tau).double().mean())
+    passes_KM = signed_sim(G, s, D_MD, sign_M) >= tau[:, None]
+    return float(passes_KM.any(dim=0).double().mean())
 
 
 def _best_composite_cos(G_KD: Tensor, groups: list[int], d_D: Tensor) -> float:
@@ -122,3 +255,23 @@ def random_dictionary(m: int, basis_RD: Tensor, gen: torch.Generator) -> Tensor:
     """[m, d] unit directions drawn isotropically inside the span of ``basis_RD``."""
     coef = torch.randn(m, basis_RD.shape[0], generator=gen, dtype=torch.float64)
     return unit_rows(coef @ basis_RD)
+
+
+def random_orthonormal(m: int, basis_RD: Tensor, gen: torch.Generator) -> Tensor:
+    """[m, d] rows of random orthonormal bases of the span of ``basis_RD``: as many
+    independent bases as ``m`` needs (each a random rotation of the span), truncated."""
+    r = basis_RD.shape[0]
+    blocks: list[Tensor] = []
+    while sum(b.shape[0] for b in blocks) < m:
+        q_RR, _ = torch.linalg.qr(torch.randn(r, r, generator=gen, dtype=torch.float64))
+        blocks.append(q_RR.T @ basis_RD)
+    return torch.cat(blocks)[:m] if blocks else basis_RD[:0]
+
+
+def pca_dictionary(m: int, X_ND: Tensor, basis_RD: Tensor, gen: torch.Generator) -> Tensor:
+    """[m, d] the top principal directions of the centred data; beyond the data's rank, the
+    rest are rows of random orthonormal bases of its span."""
+    top = span_basis(X_ND - X_ND.mean(dim=0))[:m]  # the centred data's components, by variance
+    if top.shape[0] >= m:
+        return top
+    return torch.cat([top, random_orthonormal(m - top.shape[0], basis_RD, gen)])

@@ -18,8 +18,13 @@ import torch
 from torch import Tensor, nn
 
 from decompbench.config import StrictModel, validate
+from decompbench.errors import UserError
 
 OutputKind = Literal["mse", "categorical"]
+
+
+class NoFirstLinear(UserError):
+    """A site whose downstream applies no linear map the toy can name."""
 
 
 @dataclass(frozen=True)
@@ -103,6 +108,39 @@ class Toy(nn.Module, ABC):
         """
         return self.next_layer(site)
 
+    def first_linear(self, site: str) -> Tensor:
+        """[out, d] the matrix of the first linear map the downstream applies to ``site``.
+
+        The default runs ``downstream(site)`` on a few samples and returns the weight of
+        the first ``nn.Linear`` called (forward pre-hooks, in call order) whose
+        ``in_features`` is the site's width. Toys whose downstream applies its first
+        linear map without an ``nn.Linear`` override it. The ``weights`` baseline reads
+        this through ``DownstreamSite.first_linear_OD``, never the ground truth.
+        """
+        self.check_site(site)
+        acts_BD = self.acts(site, self.sample(4, seed=0).inputs)
+        d = int(acts_BD.shape[1])
+        called: list[nn.Linear] = []
+        down = self.downstream(site)
+        handles = [
+            sub.register_forward_pre_hook(lambda mod, _inp: called.append(mod))
+            for sub in down.modules()
+            if isinstance(sub, nn.Linear)
+        ]
+        try:
+            with torch.no_grad():
+                down(acts_BD)
+        finally:
+            for h in handles:
+                h.remove()
+        for lin in called:
+            if lin.in_features == d:
+                return lin.weight.detach().clone()
+        raise NoFirstLinear(
+            f"toy '{self.name}' site '{site}': the downstream applies no nn.Linear with "
+            f"{d} inputs, and the toy does not say what its first linear map is"
+        )
+
     @abstractmethod
     def ground_truth(self, site: str) -> GroundTruth: ...
 
@@ -115,8 +153,6 @@ class Toy(nn.Module, ABC):
         return []
 
     def check_site(self, site: str) -> None:
-        from decompbench.errors import UserError
-
         if site not in self.sites:
             raise UserError(f"toy '{self.name}' has no site '{site}' (sites: {list(self.sites)})")
 
@@ -182,13 +218,16 @@ class DownstreamSite(ActivationSite):
     to the next layer's output (the same module when one layer follows the site). Both are
     frozen private copies: a method may hook or read them (their weight matrices are
     reachable through the modules) without touching the toy. ``output_kind`` says how
-    outputs compare: "mse", or "categorical" (logits; KL divergence). Nothing upstream of
-    the site and no ground truth is reachable from here.
+    outputs compare: "mse", or "categorical" (logits; KL divergence). ``first_linear_OD``
+    is the matrix of the first linear map the downstream applies to the site
+    (``Toy.first_linear``), or ``None`` where there is none. Nothing upstream of the site
+    and no ground truth is reachable from here.
     """
 
     downstream: nn.Module = field(default_factory=nn.Identity)
     next_layer: nn.Module | None = None
     output_kind: OutputKind = "mse"
+    first_linear_OD: Tensor | None = None
 
     def output(self, acts_BD: Tensor) -> Tensor:
         """The network's output with ``acts_BD`` at the site."""
@@ -225,6 +264,15 @@ def downstream_site(toy: Toy, site: str, acts_ND: Tensor) -> DownstreamSite:
     nxt = toy.next_layer(site)
     both = frozen_copy(nn.ModuleList([down, nxt]))
     assert isinstance(both, nn.ModuleList)
+    try:
+        first: Tensor | None = toy.first_linear(site)
+    except NoFirstLinear:
+        first = None  # only the `weights` baseline needs it; it refuses in one line
     return DownstreamSite(
-        site, acts_ND, downstream=both[0], next_layer=both[1], output_kind=toy.output_kind
+        site,
+        acts_ND,
+        downstream=both[0],
+        next_layer=both[1],
+        output_kind=toy.output_kind,
+        first_linear_OD=first,
     )

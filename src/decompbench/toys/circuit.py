@@ -22,7 +22,8 @@ What it models
     clamp(z, 0, 1) = ReLU(z) - ReLU(z - 1). Thresholds are derived from the magnitude
     range so every gate is exact: an AND of k inputs sums to >= k lo when true and
     <= (k-1) hi when false, so theta = ((k-1) hi + k lo) / 2, which exists only when
-    (k-1) hi < k lo (otherwise the parameters are rejected); an OR sums to >= lo when true
+    (k-1) hi < k lo (otherwise the parameters are rejected; compared exactly on the
+    decimals given, ``decompbench.exact``); an OR sums to >= lo when true
     and to 0 when false, so theta = lo / 2. The gain 2 / (true minimum - theta) sends the
     true minimum to 2 and the false maximum to -2 before the clamp, so a true gate
     outputs exactly 1 and a false one exactly 0, with room to spare for float round-off.
@@ -40,12 +41,14 @@ Ground truth (why it is the truth)
 from __future__ import annotations
 
 import re
+from fractions import Fraction
 
 import torch
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from decompbench.config import FloatPair, StrictModel
+from decompbench.exact import decimal, show
 from decompbench.registry import register_toy
 from decompbench.seeding import generator
 from decompbench.toys.base import Batch, GroundTruth, Toy
@@ -106,20 +109,35 @@ class CircuitParams(StrictModel):
             k = len(inputs)
             if op == "and" and any(pair_of(i, n_pairs) in inputs for i in inputs):
                 raise ValueError(f"gate '{text}' ANDs an antipodal pair, which is never true")
-            if op == "and" and not (k - 1) * hi < k * lo:
+            true_min, false_max = gate_bounds(op, k, lo, hi)
+            if not false_max < true_min:
                 raise ValueError(
                     f"magnitude [{lo}, {hi}] admits no exact threshold for '{text}': "
-                    f"need (k-1)*hi < k*lo, i.e. {(k - 1) * hi} < {k * lo}"
+                    f"need (k-1)*hi < k*lo exactly, got {show(false_max)} vs {show(true_min)}"
                 )
         return self
 
 
+def gate_bounds(op: str, k: int, lo: float, hi: float) -> tuple[Fraction, Fraction]:
+    """(true minimum, false maximum) of a gate's input sum, exact on the decimals given."""
+    if op == "and":
+        return k * decimal(lo), (k - 1) * decimal(hi)
+    return decimal(lo), Fraction(0)
+
+
+def exact_gate(op: str, k: int, lo: float, hi: float) -> tuple[Fraction, Fraction]:
+    """(theta, gain) as exact fractions; see ``gate_threshold``."""
+    true_min, false_max = gate_bounds(op, k, lo, hi)
+    theta = (true_min + false_max) / 2
+    return theta, 2 / (true_min - theta)
+
+
 def gate_threshold(op: str, k: int, lo: float, hi: float) -> tuple[float, float]:
     """(theta, gain): theta halfway between the false maximum and the true minimum, and a
-    gain that maps them to +2 and -2 (saturating the clamp with margin)."""
-    true_min, false_max = (k * lo, (k - 1) * hi) if op == "and" else (lo, 0.0)
-    theta = 0.5 * (true_min + false_max)
-    return theta, 2.0 / (true_min - theta)
+    gain that maps them to +2 and -2 (saturating the clamp with margin). Computed exactly
+    (``decompbench.exact``) and rounded once."""
+    theta, gain = exact_gate(op, k, lo, hi)
+    return float(theta), float(gain)
 
 
 @register_toy("circuit")
@@ -159,9 +177,9 @@ class Circuit(Toy):
         gate = nn.Linear(p.n_features, len(self.parsed))
         gate.weight.data.zero_()
         for g, (op, inputs) in enumerate(self.parsed):
-            theta, gain = gate_threshold(op, len(inputs), *p.magnitude)
-            gate.weight.data[g, list(inputs)] = gain
-            gate.bias.data[g] = -gain * theta
+            theta, gain = exact_gate(op, len(inputs), *p.magnitude)
+            gate.weight.data[g, list(inputs)] = float(gain)
+            gate.bias.data[g] = float(-gain * theta)
         write = nn.Linear(len(self.parsed), p.d_l1, bias=False)
         write.weight.data = self.dirs_l1_GD.T.clone()
         return nn.Sequential(detect, nn.ReLU(), gate, nn.Hardtanh(0.0, 1.0), write)

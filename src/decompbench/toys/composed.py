@@ -18,7 +18,8 @@ The twins differ only downstream (``use``):
       value of the combination is present, for every allowed magnitude, exactly when
       (k-1)*hi < theta <= k*lo; theta is set to the midpoint of that interval so a
       present conjunction always gives a positive output, and ranges for which the
-      interval is empty are rejected.
+      interval is empty are rejected. The check is exact, on the decimals given
+      (``decompbench.exact``): k = 3, [0.8, 1.2] is rejected since 2 * 1.2 = 3 * 0.8.
 
 Ground truth at ``hidden`` (why it is the truth)
     * ``factored``: the value directions ``u_{f,v}``, one per value, grouped by factor.
@@ -43,6 +44,7 @@ from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from decompbench.config import FloatPair, StrictModel
+from decompbench.exact import decimal, show
 from decompbench.registry import register_toy
 from decompbench.seeding import generator
 from decompbench.toys.base import Batch, EmbedReadoutToy, GroundTruth
@@ -82,17 +84,20 @@ class ComposedParams(StrictModel):
         if not 0 < lo <= hi:
             raise ValueError(f"magnitude must satisfy 0 < lo <= hi, got [{lo}, {hi}]")
         k = len(self.values)
-        if self.use == "composed" and not (k - 1) * hi < k * lo:
+        false_max, true_min = (k - 1) * decimal(hi), k * decimal(lo)
+        if self.use == "composed" and not false_max < true_min:
             raise ValueError(
                 f"magnitude [{lo}, {hi}] admits no exact conjunction threshold for {k} "
-                f"factors: need (k-1)*hi < k*lo, i.e. {(k - 1) * hi} < {k * lo}"
+                f"factors: need (k-1)*hi < k*lo exactly, got {show(false_max)} vs "
+                f"{show(true_min)}"
             )
         return self
 
 
 def conjunction_threshold(k: int, lo: float, hi: float) -> float:
-    """Midpoint of the exact-conjunction interval ((k-1)*hi, k*lo]."""
-    return 0.5 * ((k - 1) * hi + k * lo)
+    """Midpoint of the exact-conjunction interval ((k-1)*hi, k*lo], computed exactly on the
+    decimals given (``decompbench.exact``) and rounded once."""
+    return float(((k - 1) * decimal(hi) + k * decimal(lo)) / 2)
 
 
 @register_toy("composed")

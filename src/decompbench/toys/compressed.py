@@ -259,6 +259,15 @@ class Compressed(Toy):
         self.check_site(site)
         return MLPOut(self.net) if site == "mlp_in" else WriteOut(self.net)
 
+    def first_linear(self, site: str) -> Tensor:
+        """W_in (rows over the residual) at ``mlp_in``; at ``mlp_hidden`` W_out, whose rows
+        run over the hidden units (``W_out_DM`` is already [out, hidden]). At ``mlp_in``
+        the skip path's readoff r W_E^T is also linear, but it is the embedding itself
+        (the ground truth); the MLP's input map is what the next layer computes with."""
+        self.check_site(site)
+        W = self.net.W_in_MD if site == "mlp_in" else self.net.W_out_DM
+        return W.detach().clone()
+
     def forward(self, inputs: Tensor) -> Tensor:
         return self.net(inputs)
 

@@ -77,6 +77,9 @@ class CurveParams(StrictModel):
         n_fine = fine_count(self.n_units, self.fine_frac)
         if not 0 < n_fine < self.n_units:
             raise ValueError(f"fine_frac = {self.fine_frac} leaves no fine or no coarse unit")
+        # Float on purpose: the boundary fine_arc = 2 pi n_fine / n_units is irrational, so
+        # no decimal input lies on it and exact arithmetic (decompbench.exact) has no
+        # intended answer to protect; float errs only within ~1e-15 of it.
         spacing_fine = self.fine_arc / n_fine
         spacing_coarse = (TWO_PI - self.fine_arc) / (self.n_units - n_fine)
         if spacing_fine >= spacing_coarse:

@@ -37,6 +37,7 @@ from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from decompbench.config import FloatPair, StrictModel
+from decompbench.exact import decimal, show
 from decompbench.registry import register_toy
 from decompbench.seeding import generator
 from decompbench.toys.base import Batch, EmbedReadoutToy, GroundTruth
@@ -72,9 +73,10 @@ class HierarchyParams(StrictModel):
 
     @model_validator(mode="after")
     def _check(self) -> HierarchyParams:
-        if self.n_children * self.p_child > 1 + 1e-9:
+        children_total = self.n_children * decimal(self.p_child)  # exact: no float slack
+        if children_total > 1:
             raise ValueError(
-                f"n_children * p_child = {self.n_children * self.p_child:g} > 1: exclusive "
+                f"n_children * p_child = {show(children_total)} > 1: exclusive "
                 "children cannot be that likely"
             )
         if self.n_features > self.d_model:

@@ -113,6 +113,13 @@ class Planted(Toy):
         self.check_site(site)
         return self.readout
 
+    def first_linear(self, site: str) -> Tensor:
+        """The identity matrix when the readout is the identity, else its weight."""
+        self.check_site(site)
+        if isinstance(self.readout, nn.Linear):
+            return self.readout.weight.detach().clone()
+        return torch.eye(self.params.d)
+
     def forward(self, inputs: Tensor) -> Tensor:
         return self.readout(self.acts("hidden", inputs))
 

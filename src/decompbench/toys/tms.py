@@ -249,6 +249,14 @@ class TiedTMS(Toy):
             return self.net.identity
         return TMSDownstream(self.net, through_identity=False)
 
+    def first_linear(self, site: str) -> Tensor:
+        """The identity layer's matrix at a site before it; else the readout's W^T (the
+        readout computes h W + b with a raw parameter, not an ``nn.Linear``)."""
+        self.check_site(site)
+        if site == "hidden" and self.net.identity is not None:
+            return self.net.identity.weight.detach().clone()
+        return self.net.W_HF.detach().T.clone()
+
     def forward(self, inputs: Tensor) -> Tensor:
         return self.net(inputs)
 
