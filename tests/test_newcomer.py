@@ -84,7 +84,8 @@ def test_show_format_md_is_a_github_table(run_dir: Path, capsys: pytest.CaptureF
     blocks = [b for b in text.split("### ") if b.strip()]
     assert len(blocks) >= 2  # scores, twins (and the stance)
     for block in blocks:
-        rows = [line for line in block.splitlines()[1:] if line]
+        body = block.split("\n\n")[1]  # heading, blank line, the table (a caption after)
+        rows = body.splitlines()
         assert rows[0].startswith("| toy |") and set(rows[1]) <= set("|- ")
         width = rows[0].count(" | ")
         assert all(r.startswith("| ") and r.endswith(" |") for r in rows)
