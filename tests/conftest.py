@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,6 +12,7 @@ import torch
 
 from decompbench import registry
 from decompbench.registry import all_methods
+from decompbench.toys import trained
 
 # Parameters that make every registered method fit in well under a second on tiny data.
 FAST: dict[str, dict[str, Any]] = {
@@ -59,3 +61,34 @@ def registered(methods: dict[str, Any], toys: dict[str, Any]) -> Iterator[None]:
         for table, entries in ((registry.METHODS, methods), (registry.TOYS, toys)):
             for name in entries:
                 del table[name]
+
+
+TRAINED_FAST = {"steps": 1000, "batch_size": 256}
+COMPRESSED_TINY = {"n_features": 20, "d_resid": 200, "d_mlp": 10, "feature_prob": 0.05,
+                   "steps": 400, "batch_size": 512}  # fmt: skip
+# Small settings per registered toy (several entries per toy cover its variants).
+SMALL: list[tuple[str, dict[str, Any]]] = [
+    ("composed", {"values": [3, 3], "d_model": 8, "use": "factored"}),
+    ("composed", {"values": [3, 3], "d_model": 8, "use": "composed"}),
+    ("tms", TRAINED_FAST),
+    ("tms", {**TRAINED_FAST, "identity": True}),
+    ("composed-tms", TRAINED_FAST),
+    ("compressed", COMPRESSED_TINY),
+    ("hierarchy", {}),
+    ("data-structure", {"use": "coordinates"}),
+    ("data-structure", {"use": "curve"}),
+    ("curve", {"n_units": 40}),
+    ("square", {}),
+    ("circuit", {}),
+    ("superposed-circuits", {}),
+    ("planted", {"n_features": 48, "d": 24}),
+    ("planted", {"n_features": 48, "d": 24, "readout": "features"}),
+]
+
+
+def isolated_toy_cache(factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A fresh trained-toy cache for a test module (use from a module-scoped fixture)."""
+    path = factory.mktemp("cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(trained.CACHE_ENV, str(path))
+        yield path

@@ -15,39 +15,15 @@ from decompbench.bench.runner import site_data, site_view
 from decompbench.errors import UserError
 from decompbench.methods.base import build_method
 from decompbench.registry import all_toys
-from decompbench.toys import trained
 from decompbench.toys.base import ActivationSite, NoFirstLinear, build_toy, downstream_site
+from tests.conftest import SMALL, TRAINED_FAST, isolated_toy_cache
 
-TRAINED_FAST = {"steps": 1000, "batch_size": 256}
-COMPRESSED_TINY = {"n_features": 20, "d_resid": 200, "d_mlp": 10, "feature_prob": 0.05,
-                   "steps": 400, "batch_size": 512}  # fmt: skip
-# Small settings per registered toy (several entries per toy cover its variants).
-SMALL: list[tuple[str, dict[str, Any]]] = [
-    ("composed", {"values": [3, 3], "d_model": 8, "use": "factored"}),
-    ("composed", {"values": [3, 3], "d_model": 8, "use": "composed"}),
-    ("tms", TRAINED_FAST),
-    ("tms", {**TRAINED_FAST, "identity": True}),
-    ("composed-tms", TRAINED_FAST),
-    ("compressed", COMPRESSED_TINY),
-    ("hierarchy", {}),
-    ("data-structure", {"use": "coordinates"}),
-    ("data-structure", {"use": "curve"}),
-    ("curve", {"n_units": 40}),
-    ("square", {}),
-    ("circuit", {}),
-    ("superposed-circuits", {}),
-    ("planted", {"n_features": 48, "d": 24}),
-    ("planted", {"n_features": 48, "d": 24, "readout": "features"}),
-]
 BASELINES = ["random", "weights"]
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    path = tmp_path_factory.mktemp("cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(trained.CACHE_ENV, str(path))
-        yield path
+    yield from isolated_toy_cache(tmp_path_factory)
 
 
 def test_the_table_covers_every_registered_toy() -> None:

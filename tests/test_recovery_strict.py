@@ -4,6 +4,9 @@ chance as the strongest null (issue 16)."""
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -12,26 +15,34 @@ from decompbench import metrics as M
 from decompbench.bench import evaluate
 from decompbench.registry import all_toys
 from decompbench.toys.base import GroundTruth, build_toy
+from tests.conftest import SMALL, isolated_toy_cache
 
 N_SAMPLES = 2048
 
 
-def toy_sites() -> list[tuple[str, str]]:
-    out = []
-    for name in all_toys():
-        toy = build_toy(name, {}, 0)
-        out += [(name, site) for site in toy.sites]
-    return out
+@pytest.fixture(scope="module", autouse=True)
+def _cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    yield from isolated_toy_cache(tmp_path_factory)
 
 
-@pytest.mark.parametrize(("toy_name", "site"), toy_sites())
-def test_exact_model_and_data_only_dictionary_scores_strict_one(toy_name: str, site: str) -> None:
+def test_the_table_covers_every_registered_toy() -> None:
+    assert {name for name, _ in SMALL} == set(all_toys())
+
+
+@pytest.mark.parametrize(("toy_name", "params"), SMALL, ids=[n for n, _ in SMALL])
+def test_exact_model_and_data_only_dictionary_scores_strict_one(
+    toy_name: str, params: dict[str, Any]
+) -> None:
     """Latents that capture data-only features are not charged: the exact complete
-    dictionary scores 1 everywhere; every direction twice does not."""
-    toy = build_toy(toy_name, {}, 0)
+    dictionary scores 1 at every site of every toy; every direction twice does not."""
+    toy = build_toy(toy_name, params, 0)
     batch = toy.sample(N_SAMPLES, 1)
-    gt = toy.ground_truth(site)
-    truth = evaluate.truth_at(gt, batch.features[site])
+    for site in toy.sites:
+        exact_and_doubled(toy.ground_truth(site), batch.features[site])
+
+
+def exact_and_doubled(gt: GroundTruth, A_NK: torch.Tensor) -> None:
+    truth = evaluate.truth_at(gt, A_NK)
     exact = M.mcc_strict(truth, gt.directions_KD, truth.sign_K)
     assert exact == pytest.approx(1.0, abs=1e-9)
     twice = torch.cat([gt.directions_KD, gt.directions_KD])
