@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from decompbench.cli import main
-from tests.test_newcomer import ENV, read_only, snapshot, unprivileged
+from tests.test_newcomer import ENV, read_only, snapshot, time_bound, unprivileged
 
 BASE: dict[str, Any] = {
     "seeds": [0],
@@ -72,8 +72,13 @@ def mutated(changes: list[tuple[str, str, Any]], share: bool) -> dict[str, Any]:
 
 
 def run_in_process(argv: list[str]) -> tuple[int, str]:
+    """``main(argv)``, bounded in time (a hang fails the example instead of the run)."""
     err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+    with (
+        time_bound(60),
+        contextlib.redirect_stderr(err),
+        contextlib.redirect_stdout(io.StringIO()),
+    ):
         try:
             code = main(argv)
         except SystemExit as exc:
@@ -173,7 +178,7 @@ def fuzz_permissions(finished: Path, targets: list[str], flags: list[str], grow:
 flag_sets = st.lists(st.sampled_from(["--force", "--keep-failed", "--prune"]), unique=True)
 
 
-@settings(max_examples=3, **SETTINGS)  # type: ignore[arg-type]
+@settings(max_examples=2, **SETTINGS)  # type: ignore[arg-type]
 @given(targets=st.lists(st.sampled_from(TARGETS), min_size=1, max_size=2, unique=True),
        flags=flag_sets, grow=st.booleans())  # fmt: skip
 def test_fuzzed_permissions_exit_0_1_or_2_with_one_line(
