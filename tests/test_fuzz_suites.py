@@ -66,7 +66,7 @@ def mutated(changes: list[tuple[str, str, Any]], share: bool) -> dict[str, Any]:
                   "method_params": method["params"]}[place]  # fmt: skip
         if isinstance(target, dict):
             target[key] = value
-    if share:  # the same params object twice: an anchor and an alias in the YAML
+    if share and isinstance(suite["methods"], list):  # one params object twice: an alias
         suite["methods"].append({"name": "pca", "params": method["params"]})
     return suite
 
