@@ -32,13 +32,15 @@ test: lint typecheck
 test-slow: $(STAMP)
 	$(BIN)/pytest -q -m slow
 
-# Cross-check against SAELens itself, installed in a side environment.
+# Cross-check against SAELens itself, installed in a side environment; also a SAELens SAE
+# trained there on export-acts output, scored back with `decompbench score` (issue 18).
 VENV_INTEROP := .venv-interop
 interop:
 	test -x $(VENV_INTEROP)/bin/python || $(PY) -m venv $(VENV_INTEROP)
 	$(VENV_INTEROP)/bin/pip install -q torch==2.13.0
 	$(VENV_INTEROP)/bin/pip install -q sae-lens -e '.[dev,real]'
-	DECOMPBENCH_INTEROP=1 $(VENV_INTEROP)/bin/pytest -q -p no:cacheprovider -m interop tests/test_real_interop.py
+	DECOMPBENCH_INTEROP=1 $(VENV_INTEROP)/bin/pytest -q -p no:cacheprovider -m interop \
+		tests/test_real_interop.py tests/test_interop_score.py
 
 # Speed benchmarks (issue 9): every benchmarks/*.py, one at a time; vs_saelens.py runs in
 # a side environment with sae-lens. Measure on an idle machine: each table flags steps

@@ -1,5 +1,6 @@
 """Command line: `decompbench list | run | show | describe | params | report | circuit |
-train-real | export | import` (`decompbench COMMAND --help` for each).
+train-real | export | import | export-acts | score` (`decompbench COMMAND --help` for each);
+``--plugin MODULE`` (repeatable) on most of them.
 
 Any bad input ends with one line on stderr and exit code 2, never a traceback; `run` exits
 with 1 when some runs of the suite failed.
@@ -8,6 +9,7 @@ with 1 when some runs of the suite failed.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -113,14 +115,17 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_describe(args: argparse.Namespace) -> int:
-    from decompbench.describe import describe
+    from decompbench.describe import describe, describe_json
     from decompbench.params import describe_params
     from decompbench.registry import all_methods, all_toys
 
     if args.toy in all_methods() and args.toy not in all_toys():
         print(describe_params(args.toy))  # a method has no sites: its parameters
         return 0
-    print(describe(args.toy, args.params, args.seed))
+    if args.json:
+        print(json.dumps(describe_json(args.toy, args.params, args.seed), indent=1))
+    else:
+        print(describe(args.toy, args.params, args.seed))
     return 0
 
 
@@ -151,7 +156,8 @@ def cmd_circuit(args: argparse.Namespace) -> int:
 def build_parser() -> OneLineParser:
     p = OneLineParser(prog="decompbench", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
-    sub.add_parser("list", help="toys and methods in the registry").set_defaults(fn=cmd_list)
+    lst = sub.add_parser("list", help="toys and methods in the registry")
+    lst.set_defaults(fn=cmd_list)
     run = sub.add_parser("run", help="run a suite (default: the built-in suite)")
     run.add_argument("suite", nargs="?", type=Path, help="suite YAML file")
     run.add_argument(
@@ -213,6 +219,7 @@ def build_parser() -> OneLineParser:
     desc.add_argument("toy", help="toy or method name (see `decompbench list`)")
     desc.add_argument("--params", nargs="*", default=[], metavar="K=V", help="e.g. use=cube")
     desc.add_argument("--seed", type=int, default=0, help="seed the toy is built with")
+    desc.add_argument("--json", action="store_true", help="as JSON, with the true directions")
     desc.set_defaults(fn=cmd_describe)
     params = sub.add_parser(
         "params", help="every parameter of a method or toy: type, default, bounds, meaning"
@@ -231,12 +238,23 @@ def build_parser() -> OneLineParser:
     from decompbench.real.commands import add_real_commands
 
     add_real_commands(sub)  # train-real, export, import
+    from decompbench.io.commands import add_io_commands
+
+    for parser in (lst, run, show, desc, report, circ, *add_io_commands(sub)):
+        parser.add_argument(
+            "--plugin", action="append", default=[], metavar="MODULE",
+            help="import a plugin module (name or .py file) first; repeatable",
+        )  # fmt: skip
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if getattr(args, "plugin", None):
+            from decompbench.plugins import load_plugins
+
+            load_plugins(args.plugin)
         return int(args.fn(args))
     except UserError as err:
         print(f"decompbench: error: {' '.join(str(err).splitlines())}", file=sys.stderr)

@@ -93,3 +93,40 @@ def describe(name: str, pairs: list[str], seed: int = 0) -> str:
         lines += site_lines(site, toy.ground_truth(site))
     lines += edge_lines(toy)
     return "\n".join(lines)
+
+
+def site_json(gt: GroundTruth) -> dict[str, Any]:
+    """One site's ground truth as plain JSON values (directions as lists of floats)."""
+    rows = gt.directions_KD.double().tolist()
+
+    def part(model: bool) -> dict[str, Any]:
+        keep = [i for i, m in enumerate(gt.is_model) if m == model]
+        return {"names": [gt.names[i] for i in keep], "directions": [rows[i] for i in keep]}
+
+    return {
+        "d": int(gt.directions_KD.shape[1]),
+        "names": list(gt.names),
+        "is_model": list(gt.is_model),
+        "groups": None if gt.groups is None else list(gt.groups),
+        "model": part(True),
+        "data_only": part(False),
+    }
+
+
+def describe_json(name: str, pairs: list[str], seed: int = 0) -> dict[str, Any]:
+    """``describe --json``: sites with model and data-only true directions, groups, edges."""
+    toy = build_toy(name, parse_params(pairs), seed)
+    names = {s: toy.ground_truth(s).names for s in toy.sites}
+    edges = [
+        {"from_site": sa, "from_feature": names[sa][fa], "from_index": fa,
+         "to_site": sb, "to_feature": names[sb][fb], "to_index": fb}
+        for sa, fa, sb, fb in toy.edges()
+    ]  # fmt: skip
+    return {
+        "toy": name,
+        "seed": seed,
+        "summary": toy.summary,
+        "params": toy.params.model_dump(mode="json"),
+        "sites": {s: site_json(toy.ground_truth(s)) for s in toy.sites},
+        "edges": edges,
+    }

@@ -18,6 +18,11 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
+
+class NameTaken(ValueError):
+    """A second class registered under a name already in the table."""
+
+
 TOYS: dict[str, type[Toy]] = {}
 METHODS: dict[str, type[Decomposition]] = {}
 
@@ -28,7 +33,11 @@ def _register(
     def by_name(name: str) -> Callable[[type[T]], type[T]]:
         def add(cls: type[T]) -> type[T]:
             if name in table:
-                raise ValueError(f"{kind} '{name}' registered twice")
+                have = table[name]
+                raise NameTaken(
+                    f"{kind} name '{name}' is already taken "
+                    f"(by {have.__module__}.{have.__qualname__})"
+                )
             table[name] = cls
             cls.name = name  # type: ignore[attr-defined]
             return cls
@@ -45,6 +54,9 @@ register_method = _register(METHODS, "method")
 def _load_builtins() -> None:
     import decompbench.methods
     import decompbench.toys  # noqa: F401
+    from decompbench.plugins import load_entry_points
+
+    load_entry_points()  # installed plugins (entry point group ``decompbench.plugins``)
 
 
 def get_toy(name: str) -> type[Toy]:

@@ -200,9 +200,7 @@ def score(
     out["mcc_act"] = M.mcc_act(A_NK, Z_NM[:, alive])
     rel_act = relatedness.activation_relatedness(A_NK, Z_NM[:, alive])
     out["rel_act_median"], out["rel_act_share3"] = relatedness.summarise(rel_act)
-    extra = getattr(method, "extra_metrics", None)  # e.g. direct-sum's detected split
-    if callable(extra):
-        out.update({f"method_{k}": v for k, v in extra().items()})
+    out.update({f"method_{k}": v for k, v in method.extra_metrics().items()})
     if downstream is not None:
         G, s_K, _ = truth.model()
         sim_KA = M.signed_sim(G, s_K, D_alive, sign_M)
@@ -220,4 +218,5 @@ def score(
     if sign_M.numel() == 0:
         sign_M = torch.ones(1, dtype=torch.int64)
     out.update(chance_scores(gt, truth, feats_NK, X_ND, sign_M, seed))
+    out.update(method.convergence())
     return out

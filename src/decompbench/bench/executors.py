@@ -59,12 +59,17 @@ class WorkerSetup:
     threads: int = 1
     toys: dict[str, type] = field(default_factory=dict)
     methods: dict[str, type] = field(default_factory=dict)
+    plugins: tuple[Any, ...] = ()  # decompbench.plugins.Plugin records, imported by name
 
     def apply(self) -> None:
         import torch  # here: workers that draw report figures never import it
 
         if torch.get_num_threads() != self.threads:
             torch.set_num_threads(self.threads)
+        if self.plugins:
+            from decompbench.plugins import activate
+
+            activate(self.plugins)
         if self.toys or self.methods:
             registry.all_toys()  # load the built-ins first
         for table, extra in ((registry.TOYS, self.toys), (registry.METHODS, self.methods)):

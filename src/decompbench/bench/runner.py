@@ -46,6 +46,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import Tensor
 
+from decompbench import plugins
 from decompbench.bench.artefacts import (
     ARTEFACTS,
     ArtefactData,
@@ -643,9 +644,10 @@ def registry_setup(plan: list[PlannedRun], threads: int) -> WorkerSetup:
     methods = {r.method.name: get_method(r.method.name) for r in plan}
 
     def extra(table: dict[str, Any]) -> dict[str, type]:
-        return {k: c for k, c in table.items() if not c.__module__.startswith("decompbench.")}
+        own = [k for k, c in table.items() if c.__module__.startswith("decompbench.")]
+        return {k: c for k, c in table.items() if k not in own and not plugins.provides(c)}
 
-    return WorkerSetup(threads, extra(toys), extra(methods))
+    return WorkerSetup(threads, extra(toys), extra(methods), plugins.loaded())
 
 
 def finish(result: RunResult, run: PlannedRun, suite: Suite, out_dir: Path) -> Record:

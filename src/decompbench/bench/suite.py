@@ -39,6 +39,7 @@ from decompbench.bench.results import SUITE_COPY, make_run_id
 from decompbench.config import StrictModel, validate
 from decompbench.errors import UserError
 from decompbench.methods.base import build_method
+from decompbench.plugins import load_plugins
 from decompbench.registry import get_method, get_toy
 from decompbench.toys.base import build_toy
 
@@ -97,6 +98,8 @@ class Suite(SpecModel):
     n_eval: int = Field(default=4096, ge=16, le=MAX_SAMPLES)
     toys: list[ToySpec] = Field(min_length=1)
     methods: list[MethodSpec] = Field(min_length=1)
+    # Plugin modules (names or .py paths relative to the suite file) loaded before checking.
+    plugins: list[str] = Field(default_factory=list)
 
     @field_validator("seeds")
     @classmethod
@@ -356,13 +359,15 @@ def check_methods(suite: Suite, where: str) -> None:
             )
 
 
-def parse_suite(data: Any, where: str) -> Suite:
+def parse_suite(data: Any, where: str, base: Path | None = None) -> Suite:
     """Validate the suite and every toy/method parameter block; resolve default sites,
-    expand sweeps."""
+    expand sweeps. The suite's ``plugins`` are loaded first (file paths relative to
+    ``base``)."""
     if not isinstance(data, dict):
         raise UserError(f"{where}: a suite must be a mapping with 'toys' and 'methods'")
     expanded_size(data, where)  # before anything walks the structure
     suite = validate(Suite, data, where)
+    load_plugins(suite.plugins, base)
     toys = [resolve_toy(t, suite.seeds[0], f"{where}: toys[{i}]") for i, t in enumerate(suite.toys)]
     for i, m in enumerate(suite.methods):
         located(get_method, m.name, f"{where}: methods[{i}].name")
@@ -392,7 +397,7 @@ def load_suite(path: Path | None, builtin: str = "default") -> tuple[Suite, str]
         text = resources.files("decompbench.bench").joinpath(name).read_text()
         return parse_suite(yaml.safe_load(text), f"<built-in {name}>"), text
     text = read_text(path)
-    return parse_suite(read_yaml(path, text), str(path)), text
+    return parse_suite(read_yaml(path, text), str(path), path.parent), text
 
 
 def with_seeds(suite: Suite, seeds: list[int]) -> Suite:

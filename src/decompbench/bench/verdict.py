@@ -422,7 +422,7 @@ def known_baselines() -> frozenset[str]:
     """Names of registered methods whose class declares itself a baseline."""
     from decompbench.registry import all_methods
 
-    return frozenset(n for n, cls in all_methods().items() if getattr(cls, "baseline", False))
+    return frozenset(n for n, cls in all_methods().items() if cls.baseline)
 
 
 def verdict(

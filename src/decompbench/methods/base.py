@@ -9,12 +9,15 @@ activation-only method cannot read downstream even by accident.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from torch import Tensor
 
 from decompbench.config import StrictModel, validate
 from decompbench.toys.base import ActivationSite
+
+if TYPE_CHECKING:
+    from decompbench.methods.train import TrainLog
 
 Access = Literal["activation_only", "downstream_aware"]
 
@@ -49,6 +52,22 @@ class Decomposition(ABC):
     @abstractmethod
     def directions(self) -> Tensor:
         """[m, d] unit directions of the latents in activation space."""
+
+    def training_log(self) -> TrainLog | None:
+        """The shared loop's log of the fit whose dictionary this is (the chosen one when
+        a method selects among several fits); None for methods not trained by gradient."""
+        return None
+
+    def convergence(self) -> dict[str, float | None]:
+        """``{}`` when not gradient-trained, else ``{"loss_rel_change": x, "converged":
+        1.0 | 0.0}`` (``methods/train.py``: relative loss change over the last 10 % of
+        steps, converged when at most ``CONVERGED_TOL``)."""
+        log = self.training_log()
+        return {} if log is None else log.convergence()
+
+    def extra_metrics(self) -> dict[str, float]:
+        """Method-specific numbers recorded as ``method_<key>`` (e.g. direct-sum's split)."""
+        return {}
 
 
 def build_method(name: str, params: dict[str, Any] | None, where: str = "") -> Decomposition:

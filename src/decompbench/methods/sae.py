@@ -289,6 +289,9 @@ class SAEMethod(Decomposition):
         )
         self.sae.eval()
 
+    def training_log(self) -> TrainLog | None:
+        return getattr(self, "log", None)
+
     @torch.no_grad()
     def encode(self, acts_ND: Tensor) -> Tensor:
         return self.sae.encode(acts_ND)

@@ -34,7 +34,7 @@ from decompbench.methods.downstream import (
     require_downstream,
 )
 from decompbench.methods.sae import SAEMethod, SAEParams, SparseAutoencoder
-from decompbench.methods.train import train
+from decompbench.methods.train import TrainLog, train
 from decompbench.registry import register_method
 from decompbench.seeding import generator
 from decompbench.toys.base import ActivationSite, DownstreamSite
@@ -111,9 +111,10 @@ class SAEE2E(SAEMethod):
         ds = require_downstream(site, self.name)
         x_tr, x_ho = holdout_split(ds.acts_ND, self.params.holdout_frac, seed)
         l1s = self.params.l1 if isinstance(self.params.l1, list) else [self.params.l1]
-        fits, self.selection = [], []
+        fits, logs, self.selection = [], [], []
         for l1 in sorted(l1s):
-            sae = self._fit_one(ds, x_tr, l1, seed)
+            sae, log = self._fit_one(ds, x_tr, l1, seed)
+            logs.append(log)
             with torch.no_grad():
                 z = sae.encode(x_ho)
                 err = float(sae.downstream_error(x_ho, sae.decode(z)))
@@ -124,14 +125,16 @@ class SAEE2E(SAEMethod):
         self.chosen = choose_sparsest(
             [s["error"] for s in self.selection], [s["l0"] for s in self.selection], self.params.tol
         )
-        self.sae = fits[self.chosen]
+        self.sae, self.log = fits[self.chosen], logs[self.chosen]
 
-    def _fit_one(self, ds: DownstreamSite, x_ND: Tensor, l1: float, seed: int) -> E2ESAE:
+    def _fit_one(
+        self, ds: DownstreamSite, x_ND: Tensor, l1: float, seed: int
+    ) -> tuple[E2ESAE, TrainLog]:
         sae = self.make_module(ds.d, generator(seed, f"method/{self.name}/init"))
         sae = self.configure(sae)  # type: ignore[assignment]
         sae.l1 = l1
         sae.bind(ds, x_ND)
         sae.train()
         with relu_leak(ds.downstream, self.params.relu_leak):
-            train(sae, x_ND, self.params, seed, f"{self.name} @ {ds.name} (l1 {l1:g})")
-        return sae.eval()
+            log = train(sae, x_ND, self.params, seed, f"{self.name} @ {ds.name} (l1 {l1:g})")
+        return sae.eval(), log

@@ -62,7 +62,7 @@ from decompbench.methods.downstream import (
     output_scale,
     require_downstream,
 )
-from decompbench.methods.train import TrainParams, TrainState, train
+from decompbench.methods.train import TrainLog, TrainParams, TrainState, train
 from decompbench.registry import register_method
 from decompbench.seeding import generator
 from decompbench.toys.base import ActivationSite, DownstreamSite, OutputKind
@@ -444,9 +444,10 @@ class SPD(Decomposition):
         coefs = self.params.importance
         coefs = sorted(coefs) if isinstance(coefs, list) else [coefs]
         self.selection: list[dict[str, float]] = []
-        fits = []
+        fits, logs = [], []
         for coef in coefs:
-            model = self._fit_one(ds, pl, train_ND, coef, seed)
+            model, log = self._fit_one(ds, pl, train_ND, coef, seed)
+            logs.append(log)
             err, l0 = held_out_error(model, hold_ND)
             self.selection.append({"importance": coef, "recon": err, "l0": l0})
             fits.append(model)
@@ -454,7 +455,7 @@ class SPD(Decomposition):
         self.chosen = choose_sparsest(
             errors, [s["l0"] for s in self.selection], self.params.recon_tol
         )
-        self.model = fits[self.chosen]
+        self.model, self.log = fits[self.chosen], logs[self.chosen]
         self.readers = pl.readers
         self.kept: dict[int, Tensor] = {}
         self.reads_IC = [self._merged_reads(i, train_ND) for i in self.readers]
@@ -462,7 +463,8 @@ class SPD(Decomposition):
 
     def _fit_one(
         self, ds: DownstreamSite, pl: Plan, x_ND: Tensor, coef: float, seed: int
-    ) -> SPDModel:
+    ) -> tuple[SPDModel, TrainLog]:
+        """The fitted model and the log of its main training (after the warm-up)."""
         p = self.params
         model = SPDModel(ds, pl, p, seed)
         with torch.no_grad():
@@ -472,8 +474,11 @@ class SPD(Decomposition):
             warm = TrainParams(steps=p.warmup_steps, lr=1e-2, batch_size=p.batch_size)
             train(_Warmup(model), x_ND, warm, seed, f"{label} warm-up")
         model.weights = LossWeights(coef, p.p, p.layerwise, p.faithfulness, p.active_norm * coef)
-        train(model, x_ND, p, seed, label)
-        return model
+        log = train(model, x_ND, p, seed, label)
+        return model, log
+
+    def training_log(self) -> TrainLog | None:
+        return getattr(self, "log", None)
 
     @torch.no_grad()
     def _merged_reads(self, i: int, x_ND: Tensor) -> Tensor:

@@ -34,7 +34,7 @@ from decompbench.methods.downstream import (
     output_scale,
     require_downstream,
 )
-from decompbench.methods.train import TrainParams, train
+from decompbench.methods.train import TrainLog, TrainParams, train
 from decompbench.metrics import span_basis
 from decompbench.registry import register_method
 from decompbench.seeding import generator
@@ -126,9 +126,10 @@ class Transcoder(Decomposition):
         x_tr, x_ho = holdout_split(ds.acts_ND, self.params.holdout_frac, seed)
         y_tr, y_ho = holdout_split(y_NO, self.params.holdout_frac, seed)
         l1s = self.params.l1 if isinstance(self.params.l1, list) else [self.params.l1]
-        fits, self.selection = [], []
+        fits, logs, self.selection = [], [], []
         for l1 in sorted(l1s):
-            tc = self._fit_one(x_tr, y_tr, l1, seed, ds.name)
+            tc, log = self._fit_one(x_tr, y_tr, l1, seed, ds.name)
+            logs.append(log)
             with torch.no_grad():
                 err, l0 = (
                     float(tc.error(x_ho, y_ho)),
@@ -139,16 +140,21 @@ class Transcoder(Decomposition):
         self.chosen = choose_sparsest(
             [s["error"] for s in self.selection], [s["l0"] for s in self.selection], self.params.tol
         )
-        self.tc = fits[self.chosen]
+        self.tc, self.log = fits[self.chosen], logs[self.chosen]
         self._directions_MD = self._site_directions(ds.acts_ND)
         self.readout = Readout.fit(self.encode(ds.acts_ND), ds.acts_ND)
 
-    def _fit_one(self, x: Tensor, y: Tensor, l1: float, seed: int, where: str) -> TranscoderModule:
+    def _fit_one(
+        self, x: Tensor, y: Tensor, l1: float, seed: int, where: str
+    ) -> tuple[TranscoderModule, TrainLog]:
         gen = generator(seed, f"method/{self.name}/init")
         tc = TranscoderModule(x.shape[1], y.shape[1], self.params.width, self.skip, gen)
         tc.l1, tc.k, tc.scale = l1, self.params.k, output_scale(y, "mse")
-        train(tc, (x, y), self.params, seed, f"{self.name} @ {where} (l1 {l1:g})")
-        return tc.eval()
+        log = train(tc, (x, y), self.params, seed, f"{self.name} @ {where} (l1 {l1:g})")
+        return tc.eval(), log
+
+    def training_log(self) -> TrainLog | None:
+        return getattr(self, "log", None)
 
     @torch.no_grad()
     def _site_directions(self, x_ND: Tensor) -> Tensor:
