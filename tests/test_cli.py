@@ -72,7 +72,7 @@ def test_seeds_flag_overrides_the_suite(tmp_path: Path) -> None:
     assert seeds == {3, 4}
 
 
-def test_rerun_resumes_refuses_other_settings_and_force_starts_over(
+def test_rerun_resumes_keeps_other_settings_marked_prune_drops_them_force_starts_over(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "out"
@@ -83,14 +83,23 @@ def test_rerun_resumes_refuses_other_settings_and_force_starts_over(
     assert main(["run", suite, "--out", str(out), "--quiet"]) == 0  # resume: nothing to do
     assert "0 run now, 4 skipped" in capsys.readouterr().out
     assert (out / "results.jsonl").read_text() == before
+    # a changed suite runs its new runs; the old ones stay recorded and are marked
     other = str(write(tmp_path, {**TINY, "n_eval": 128}, "other.yaml"))
-    assert main(["run", other, "--out", str(out), "--quiet"]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "not in this suite" in err and "--force" in err
-    assert (out / "results.jsonl").read_text() == before
-    assert main(["run", other, "--out", str(out), "--quiet", "--force"]) == 0
+    assert main(["run", other, "--out", str(out), "--quiet"]) == 0
+    assert "4 run now" in capsys.readouterr().out
     records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
-    assert len(records) == 4 and {r["n_eval"] for r in records} == {128}
+    assert sorted(r["n_eval"] for r in records) == [128] * 4 + [256] * 4
+    assert main(["show", str(out), "--format", "json"]) == 0
+    tables = {t["name"]: t for t in json.loads(capsys.readouterr().out)["tables"]}
+    assert len(tables["not_in_suite"]["rows"]) == 4
+    assert sum(len(t["rows"]) for n, t in tables.items() if n == "scores") == 4
+    # --prune drops them
+    assert main(["run", other, "--out", str(out), "--quiet", "--prune"]) == 0
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [r["n_eval"] for r in records] == [128] * 4
+    assert main(["run", suite, "--out", str(out), "--quiet", "--force"]) == 0
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert len(records) == 4 and {r["n_eval"] for r in records} == {256}
 
 
 def bad_suites() -> list[tuple[str, object, str]]:

@@ -13,6 +13,7 @@ import torch
 import yaml
 from torch import Tensor, nn
 
+from decompbench.bench import runner
 from decompbench.bench.runner import MAX_WORK, check_cost, locked, planned_work, run_suite
 from decompbench.bench.suite import load_suite, parse_suite, plan_runs
 from decompbench.cli import main
@@ -223,8 +224,9 @@ def test_cost_guard_refuses_a_huge_suite_without_yes_and_writes_nothing(
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "1.3e+11" in err and "--yes" in err
     assert not out.exists()
-    # With --yes the guard lets it through (the toy's sampler fails at once: no hours spent).
-    assert main(["run", str(path), "--out", str(out), "--quiet", "--yes"]) == 0
+    # With --yes the guard lets it through (the toy's sampler fails at once: no hours spent);
+    # the failed run makes the exit code 1.
+    assert main(["run", str(path), "--out", str(out), "--quiet", "--yes"]) == 1
     assert json.loads((out / "results.jsonl").read_text())["status"] == "failed"
 
 
@@ -247,3 +249,58 @@ def test_out_that_is_a_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixtur
     (tmp_path / "file").write_text("x")
     assert main(["run", str(path), "--out", str(tmp_path / "file"), "--quiet"]) == 2
     assert "is not a directory" in capsys.readouterr().err
+
+
+def cli_run(path: Path, out: Path, *extra: str) -> int:
+    return main(["run", str(path), "--out", str(out), "--quiet", *extra])
+
+
+def test_failed_runs_are_retried_on_resume_unless_keep_failed_and_exit_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path, out = tmp_path / "s.yaml", tmp_path / "o"
+    path.write_text(yaml.safe_dump(suite_of([faulty("raise"), {"name": "pca"}])))
+    results = out / "results.jsonl"
+    assert cli_run(path, out) == 1  # one run failed
+    assert [json.loads(s)["status"] for s in results.read_text().splitlines()] == ["failed", "ok"]
+    capsys.readouterr()
+    assert cli_run(path, out, "--keep-failed") == 1
+    assert "0 run now, 2 skipped" in capsys.readouterr().out
+    assert cli_run(path, out) == 1  # retried (and failed again): still one record per run
+    assert "1 run now, 1 skipped" in capsys.readouterr().out
+    assert [json.loads(s)["status"] for s in results.read_text().splitlines()] == ["failed", "ok"]
+    monkeypatch.setattr(Faulty, "fit", lambda self, site, seed: setattr(self, "d", site.d))
+    assert cli_run(path, out) == 0  # the fixed method: retried, now ok, exit 0
+    assert [json.loads(s)["status"] for s in results.read_text().splitlines()] == ["ok", "ok"]
+
+
+def test_an_all_failed_suite_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(suite_of([faulty("raise")], seeds=(0, 1))))
+    assert cli_run(path, tmp_path / "o") == 1
+    assert "2 failed" in capsys.readouterr().out
+
+
+def test_a_site_too_large_for_memory_is_refused_up_front_unless_yes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(runner, "MAX_SITE_BYTES", 50 * 4 * 4)  # 50 samples of d = 4 ...
+    path, out = tmp_path / "s.yaml", tmp_path / "o"
+    path.write_text(yaml.safe_dump(suite_of([{"name": "pca"}])))  # ... 96 given
+    assert cli_run(path, out) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "96 samples x 4 dims" in err and "--yes" in err
+    assert not out.exists()
+    assert cli_run(path, out, "--yes") == 0
+
+
+def test_n_train_of_a_million_on_compressed_is_refused_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "s.yaml"
+    toys = [{"name": "compressed", "sites": ["mlp_in"]}]
+    path.write_text(yaml.safe_dump({**suite_of([{"name": "pca"}], toys), "n_train": 10**6}))
+    assert cli_run(path, tmp_path / "o") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'compressed' site 'mlp_in'" in err and "GB" in err
+    assert not (tmp_path / "o").exists()

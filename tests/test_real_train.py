@@ -4,6 +4,7 @@ checkpoint, score), export to SAELens, import back with identical outputs."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -44,7 +45,8 @@ def test_train_real_then_export_then_import_round_trip(
 ) -> None:
     out = tmp_path / "run"
     assert main(train_args(model, data_file, out)) == 0
-    printed = capsys.readouterr().out
+    printed, err = capsys.readouterr()
+    assert "warning: the held-out shard has only 512 tokens" in err  # a tiny eval shard
     for key in REAL_KEYS:
         assert key in printed
     record = json.loads((out / "metrics.json").read_text())
@@ -57,7 +59,14 @@ def test_train_real_then_export_then_import_round_trip(
 
     assert main(["export", str(out), "--format", "saelens"]) == 0
     assert (out / "saelens" / "cfg.json").exists()
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert (out / "saelens" / "sae_weights.safetensors").stat().st_mode & 0o777 == 0o666 & ~mask
     assert main(["import", str(out / "saelens"), "--out", str(tmp_path / "back")]) == 0
+    capsys.readouterr()
+    assert main(["import", str(out / "saelens"), "--out", str(tmp_path / "back")]) == 2
+    assert "exists; pass --force" in capsys.readouterr().err
+    assert main(["import", str(out / "saelens"), "--out", str(tmp_path / "back"), "--force"]) == 0
     trained, meta = load_dictionary(out)
     back, _ = load_dictionary(tmp_path / "back")
     held_out, _ = ActivationStore(out / "activations").select([7]).load_shard(0)
@@ -109,6 +118,22 @@ def test_bad_train_real_input_is_one_line_exit_2(
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert match in err and "\n" not in err
+    assert not (tmp_path / "o").exists()  # no empty or half-built --out is left
+
+
+@pytest.mark.parametrize("name", ["./missing", "/no/such/model", "models/a/b", "../x"])
+def test_a_missing_local_model_folder_is_named_without_asking_the_hub(
+    data_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    args = train_args(Path(name), data_file, tmp_path / "o")
+    args[args.index("--model") + 1] = name
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and f"--model {name}: no such model folder" in err
+    assert not (tmp_path / "o").exists()
 
 
 def test_a_non_sae_method_is_fitted_in_memory_and_scored_without_a_dictionary(

@@ -1,13 +1,16 @@
-"""Command line: `decompbench list | run | show | describe | report | circuit | train-real |
-export | import | export-acts | score`; ``--plugin MODULE`` (repeatable) on most of them.
+"""Command line: `decompbench list | run | show | describe | params | report | circuit |
+train-real | export | import | export-acts | score` (`decompbench COMMAND --help` for each);
+``--plugin MODULE`` (repeatable) on most of them.
 
-Any bad input ends with one line on stderr and exit code 2, never a traceback.
+Any bad input ends with one line on stderr and exit code 2, never a traceback; `run` exits
+with 1 when some runs of the suite failed.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -18,6 +21,7 @@ from rich.console import Console
 
 from decompbench.errors import UserError
 
+EXIT_FAILED_RUNS = 1  # the suite ran, but some runs failed (see the failed lines)
 EXIT_USAGE = 2
 
 
@@ -86,6 +90,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     summary = run_suite(
         suite, text, out, quiet=args.quiet, force=args.force, yes=args.yes or builtin,
         jobs=args.jobs, executor=args.executor, address=args.address, threads=args.threads,
+        keep_failed=args.keep_failed, prune=args.prune,
     )  # fmt: skip
     stances = verdict(summary.records)
     print_tables(summary.records, stances)
@@ -93,26 +98,41 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"results: {out / 'results.jsonl'}")
     print(f"stance:  {write_stance(out, stances)}")
     print(f"report:  {write_report(out, jobs=args.jobs or usable_cores())}")
-    return 0
+    return EXIT_FAILED_RUNS if summary.failed else 0
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from decompbench.bench.results import read_records
+    from decompbench.bench.results import read_plan, read_records
     from decompbench.bench.table import print_tables
     from decompbench.bench.verdict import verdict
 
     records = read_records(args.dir)
-    print_tables(records, verdict(records))
+    plan = read_plan(args.dir)
+    mine = [r for r in records if plan is None or r.run_id in plan]
+    others = [r for r in records if plan is not None and r.run_id not in plan]
+    print_tables(mine, verdict(mine), fmt=args.format, others=others)
     return 0
 
 
 def cmd_describe(args: argparse.Namespace) -> int:
     from decompbench.describe import describe, describe_json
+    from decompbench.params import describe_params
+    from decompbench.registry import all_methods, all_toys
 
+    if args.toy in all_methods() and args.toy not in all_toys():
+        print(describe_params(args.toy))  # a method has no sites: its parameters
+        return 0
     if args.json:
         print(json.dumps(describe_json(args.toy, args.params, args.seed), indent=1))
     else:
         print(describe(args.toy, args.params, args.seed))
+    return 0
+
+
+def cmd_params(args: argparse.Namespace) -> int:
+    from decompbench.params import describe_params
+
+    print(describe_params(args.name))
     return 0
 
 
@@ -154,6 +174,16 @@ def build_parser() -> OneLineParser:
         help="discard results already in --out and start over (default: resume)",
     )
     run.add_argument(
+        "--keep-failed",
+        action="store_true",
+        help="on resume, do not retry runs recorded as failed (default: retry them)",
+    )
+    run.add_argument(
+        "--prune",
+        action="store_true",
+        help="drop recorded runs that are not in this suite (default: keep them)",
+    )
+    run.add_argument(
         "--threads",
         type=positive_int,
         default=1,
@@ -176,13 +206,26 @@ def build_parser() -> OneLineParser:
     run.set_defaults(fn=cmd_run)
     show = sub.add_parser("show", help="print the tables of a finished run again")
     show.add_argument("dir", type=Path, help="run directory holding results.jsonl")
+    show.add_argument(
+        "--format",
+        choices=["text", "md", "csv", "json"],
+        default="text",
+        help="text (default; never cuts a cell), md (GitHub tables), csv or json",
+    )
     show.set_defaults(fn=cmd_show)
-    desc = sub.add_parser("describe", help="a toy's sites, true features and edges")
-    desc.add_argument("toy", help="toy name (see `decompbench list`)")
+    desc = sub.add_parser(
+        "describe", help="a toy's sites, true features and edges (a method: its parameters)"
+    )
+    desc.add_argument("toy", help="toy or method name (see `decompbench list`)")
     desc.add_argument("--params", nargs="*", default=[], metavar="K=V", help="e.g. use=cube")
     desc.add_argument("--seed", type=int, default=0, help="seed the toy is built with")
     desc.add_argument("--json", action="store_true", help="as JSON, with the true directions")
     desc.set_defaults(fn=cmd_describe)
+    params = sub.add_parser(
+        "params", help="every parameter of a method or toy: type, default, bounds, meaning"
+    )
+    params.add_argument("name", help="method or toy name (see `decompbench list`)")
+    params.set_defaults(fn=cmd_params)
     report = sub.add_parser("report", help="regenerate DIR/report.html and DIR/plots/*.png")
     report.add_argument("dir", type=Path, help="run directory holding results.jsonl")
     report.set_defaults(fn=cmd_report)
@@ -219,6 +262,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("decompbench: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head`: stop quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
+    except OSError as err:  # the file system refused (permissions, disk full): one line
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"decompbench: error: {where}{err.strerror or err}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from decompbench.errors import UserError
 
 RESULTS = "results.jsonl"
 SUITE_COPY = "suite.yaml"
+PLAN = "plan.json"  # run ids of the suite last run into the directory
 
 
 class Record(BaseModel):
@@ -111,6 +112,28 @@ def read_records(out_dir: Path) -> list[Record]:
     if not path.is_file():
         raise UserError(f"{path}: no such file (is {out_dir} a decompbench run directory?)")
     return scan_results(path).records
+
+
+def rewrite_records(path: Path, records: list[Record]) -> None:
+    """Replace the results file by ``records`` (atomically: a kill leaves old or new)."""
+    write_text_atomic(path, "".join(r.model_dump_json() + "\n" for r in records))
+
+
+def write_plan(out_dir: Path, run_ids: list[str]) -> None:
+    write_text_atomic(out_dir / PLAN, json.dumps(run_ids) + "\n")
+
+
+def read_plan(out_dir: Path) -> set[str] | None:
+    """Run ids of the suite last run into ``out_dir``; ``None`` when not recorded."""
+    try:
+        ids = json.loads((out_dir / PLAN).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as err:
+        raise UserError(f"{out_dir / PLAN}: unreadable ({err})") from None
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise UserError(f"{out_dir / PLAN}: not a list of run ids")
+    return set(ids)
 
 
 def fsync_dir(path: Path) -> None:

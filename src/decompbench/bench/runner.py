@@ -32,6 +32,7 @@ import math
 import os
 import shutil
 import sys
+import tempfile
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -68,8 +69,10 @@ from decompbench.bench.results import (
     Stored,
     append_record,
     drop_torn_tail,
+    rewrite_records,
     scan_results,
     write_bytes_atomic,
+    write_plan,
     write_text_atomic,
 )
 from decompbench.bench.suite import PlannedRun, Suite, load_suite, normalised, plan_runs
@@ -460,6 +463,40 @@ def check_cost(runs: list[PlannedRun], yes: bool) -> None:
         )
 
 
+MAX_SITE_BYTES = 2**30  # float32 activations of one site sample (train + eval)
+
+
+def site_dim(run: PlannedRun, seed: int) -> int | None:
+    """Width of the run's site (a one-sample probe of the toy as the suite check built it,
+    cached if trained); ``None`` if that fails (the run will record why)."""
+    try:
+        toy = build_toy(run.toy.name, run.toy.params, seed)
+        return int(toy.acts(run.site, toy.sample(1, 0).inputs).shape[-1])
+    except Exception:
+        return None
+
+
+def check_memory(runs: list[PlannedRun], suite: Suite, yes: bool) -> None:
+    """Refuse (before anything is written) a site whose activations alone, n_train + n_eval
+    samples x its width in float32, exceed ``MAX_SITE_BYTES``, unless ``yes``."""
+    if yes:
+        return
+    seen: set[str] = set()
+    n = suite.n_train + suite.n_eval
+    for run in runs:
+        key = json.dumps([run.toy.name, run.toy.params, run.site], sort_keys=True)
+        if key in seen:
+            continue
+        seen.add(key)
+        d = site_dim(run, suite.seeds[0])
+        if d is not None and n * d * 4 > MAX_SITE_BYTES:
+            raise UserError(
+                f"toy '{run.toy.name}' site '{run.site}': n_train + n_eval = {n} samples x "
+                f"{d} dims = {n * d * 4 / 1e9:.1f} GB of float32 activations, above the bound "
+                f"{MAX_SITE_BYTES / 1e9:.1f} GB per site; lower n_train or pass --yes"
+            )
+
+
 # --- the run directory ----------------------------------------------------------------
 
 
@@ -471,17 +508,65 @@ def check_out_dir(out_dir: Path) -> None:
         raise UserError(f"{out_dir}: unusable output directory ({err})") from None
 
 
-def check_same_settings(stored: Stored, plan: list[PlannedRun], out_dir: Path) -> None:
-    """Refuse to mix: every stored record must be one of this suite's runs."""
-    ids = {r.run_id for r in plan}
-    foreign = [r for r in stored.records if r.run_id not in ids]
-    if foreign:
-        why = "without run ids (an older decompbench)" if foreign[0].run_id is None else (
-            "not in this suite (other toys, parameters, seeds or sample sizes)")  # fmt: skip
+def check_run_ids(stored: Stored, out_dir: Path) -> None:
+    """Records from before run ids cannot be matched to runs: refuse to mix with them."""
+    if any(r.run_id is None for r in stored.records):
+        n = sum(r.run_id is None for r in stored.records)
         raise UserError(
-            f"{out_dir / RESULTS} holds {len(foreign)} run(s) {why}; pass --force to start "
-            "over or choose another --out"
+            f"{out_dir / RESULTS} holds {n} run(s) without run ids (an older decompbench); "
+            "pass --force to start over or choose another --out"
         )
+
+
+def to_run(plan: list[PlannedRun], records: list[Record], keep_failed: bool) -> list[PlannedRun]:
+    """The planned runs not yet recorded (or recorded as failed, unless ``keep_failed``)."""
+    done = {r.run_id for r in records if keep_failed or r.status == "ok"}
+    return [r for r in plan if r.run_id not in done]
+
+
+def probe_dir(path: Path, out_dir: Path) -> None:
+    """Create and remove a probe file in ``path``: the one test of writability that holds
+    for ACLs, read-only mounts and root alike."""
+    try:
+        fd, name = tempfile.mkstemp(prefix=".decompbench-probe-", dir=path)
+        os.close(fd)
+        os.unlink(name)
+    except OSError as err:
+        raise UserError(
+            f"{out_dir}: cannot write to {path} ({err.strerror or err}); make it writable or "
+            "choose another --out"
+        ) from None
+
+
+def probe_file(path: Path, out_dir: Path) -> None:
+    """Open an existing ``path`` for appending (nothing is written)."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_APPEND))
+    except FileNotFoundError:
+        return
+    except OSError as err:
+        raise UserError(
+            f"{out_dir}: cannot write to {path} ({err.strerror or err}); make it writable or "
+            "choose another --out"
+        ) from None
+
+
+def check_writable(out_dir: Path) -> None:
+    """Before anything is trained or written: every directory of an existing ``out_dir``
+    (results, artefacts, plots) takes new files and the files appended to open for
+    writing; a missing ``out_dir`` must be creatable under its nearest existing parent."""
+    if not out_dir.exists():
+        parent = out_dir.parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        if parent.is_dir():
+            probe_dir(parent, out_dir)
+        return
+    probe_dir(out_dir, out_dir)
+    for sub in sorted(p for p in out_dir.rglob("*") if p.is_dir()):
+        probe_dir(sub, out_dir)
+    for name in (RESULTS, LOCK):
+        probe_file(out_dir / name, out_dir)
 
 
 def make_dir(out_dir: Path) -> None:
@@ -520,16 +605,23 @@ class RunSummary:
     records: list[Record]  # every record of the suite, skipped ones first
     skipped: int  # runs found already recorded
     ran: int  # runs executed now
+    other: int = 0  # records of runs that are not in this suite (kept)
 
     @property
     def failed(self) -> int:
         return sum(r.status == "failed" for r in self.records)
 
     def line(self, out_dir: Path) -> str:
-        return (
+        text = (
             f"{len(self.records)} runs: {self.ran} run now, {self.skipped} skipped (already "
             f"in {out_dir / RESULTS}), {self.failed} failed"
         )
+        if self.other:
+            text += (
+                f"; {self.other} recorded run(s) not in this suite kept (see `decompbench show`;"
+                " --prune removes them)"
+            )
+        return text
 
 
 def build_or_error(run: PlannedRun, seed: int) -> tuple[Toy | None, str | None]:
@@ -601,15 +693,35 @@ def in_plan_order(results: Path, plan: list[PlannedRun]) -> None:
         write_bytes_atomic(results, b"\n".join(ordered) + b"\n")
 
 
-def start_results(out_dir: Path, plan: list[PlannedRun], force: bool) -> Stored:
-    """Under the lock: clear (force) or re-read and repair the results file."""
+@dataclass(frozen=True)
+class Resume:
+    """How a rerun treats what ``DIR/results.jsonl`` already holds."""
+
+    force: bool = False  # discard everything
+    keep_failed: bool = False  # do not retry failed runs
+    prune: bool = False  # drop records of runs that are not in the suite
+
+
+def start_results(out_dir: Path, plan: list[PlannedRun], resume: Resume) -> Stored:
+    """Under the lock: clear (force), or re-read the results file, drop the failed records
+    about to be retried and (prune) those of runs not in the suite, and cut a torn tail."""
     results = out_dir / RESULTS
-    if force:
+    if resume.force:
         results.unlink(missing_ok=True)
         shutil.rmtree(out_dir / ARTEFACTS, ignore_errors=True)
         return Stored([], 0, 0)
     stored = scan_results(results)
-    check_same_settings(stored, plan, out_dir)
+    check_run_ids(stored, out_dir)
+    ids = {r.run_id for r in plan}
+    keep = [
+        r
+        for r in stored.records
+        if (r.run_id in ids or not resume.prune)
+        and (r.status == "ok" or resume.keep_failed or r.run_id not in ids)
+    ]
+    if len(keep) < len(stored.records):
+        rewrite_records(results, keep)
+        return Stored(keep, 0, 0)
     drop_torn_tail(results, stored)
     return stored
 
@@ -626,8 +738,12 @@ def run_suite(
     address: str | None = None,
     threads: int = 1,
     batch: bool = True,
+    keep_failed: bool = False,
+    prune: bool = False,
 ) -> RunSummary:
-    """Run every toy x site x method x seed not yet in ``DIR/results.jsonl``; append each.
+    """Run every toy x site x method x seed not yet in ``DIR/results.jsonl`` (or recorded
+    as failed, unless ``keep_failed``); append each. Records of runs not in the suite stay
+    (``prune`` drops them).
 
     ``jobs`` runs at once (local processes, or Ray tasks with ``executor="ray"``), each
     worker with ``threads`` torch threads; ``None``: see ``local_jobs`` (local) or one per
@@ -635,38 +751,63 @@ def run_suite(
     runs that ``batched`` can train together as one job (same results, less time).
     """
     plan = plan_runs(suite)
+    resume = Resume(force, keep_failed, prune)
     check_out_dir(out_dir)
     stored = Stored([], 0, 0) if force else scan_results(out_dir / RESULTS)
-    check_same_settings(stored, plan, out_dir)
-    done = {r.run_id for r in stored.records}
-    check_cost([r for r in plan if r.run_id not in done], yes)  # before anything is written
+    check_run_ids(stored, out_dir)
+    todo = to_run(plan, stored.records, keep_failed)
+    check_cost(todo, yes)  # before anything is written
+    check_memory(todo, suite, yes)
+    check_writable(out_dir)
     make_dir(out_dir)
     with locked(out_dir):
-        stored = start_results(out_dir, plan, force)
-        done = {r.run_id for r in stored.records}
-        todo = [r for r in plan if r.run_id not in done]
+        stored = start_results(out_dir, plan, resume)
+        todo = to_run(plan, stored.records, keep_failed)
         write_text_atomic(out_dir / SUITE_COPY, suite_text)
-        if executor == "local":
-            jobs = local_jobs(jobs, len(todo))
-        pool = make_executor(executor, jobs, registry_setup(todo, threads), address)
+        write_plan(out_dir, [r.run_id for r in plan])
+        new = run_todo(todo, plan, suite, out_dir, quiet, make_pool(todo, jobs, executor,
+                       address, threads), executor, batch)  # fmt: skip
+    return summarise(plan, stored.records, new)
+
+
+def make_pool(
+    todo: list[PlannedRun], jobs: int | None, executor: Kind, address: str | None, threads: int
+) -> Executor:
+    if executor == "local":
+        jobs = local_jobs(jobs, len(todo))
+    return make_executor(executor, jobs, registry_setup(todo, threads), address)
+
+
+def run_todo(
+    todo: list[PlannedRun], plan: list[PlannedRun], suite: Suite, out_dir: Path, quiet: bool,
+    pool: Executor, executor: Kind, batch: bool,
+) -> list[Record]:  # fmt: skip
+    """Run ``todo`` on ``pool`` with progress; then put the results file in plan order."""
+    if not quiet:
+        say(f"{len(plan)} runs: {len(plan) - len(todo)} already recorded in {out_dir}, "
+            f"{len(todo)} to run{where(pool, executor)}")  # fmt: skip
+    forget_built()
+    try:
+        with pool, runs_progress(len(plan), len(plan) - len(todo), quiet) as shown:
+            new = execute(todo, suite, out_dir, shown, pool, batch) if todo else []
+    except KeyboardInterrupt:
         if not quiet:
-            say(f"{len(plan)} runs: {len(plan) - len(todo)} already recorded in {out_dir}, "
-                f"{len(todo)} to run{where(pool, executor)}")  # fmt: skip
+            say("interrupted; run the same command again to resume")
+        raise
+    finally:
         forget_built()
-        try:
-            with pool, runs_progress(len(plan), len(plan) - len(todo), quiet) as shown:
-                new = execute(todo, suite, out_dir, shown, pool, batch) if todo else []
-        except KeyboardInterrupt:
-            if not quiet:
-                say("interrupted; run the same command again to resume")
-            raise
-        finally:
-            forget_built()
-        if new:
-            in_plan_order(out_dir / RESULTS, plan)
+    if new:
+        in_plan_order(out_dir / RESULTS, plan)
+    return new
+
+
+def summarise(plan: list[PlannedRun], stored: list[Record], new: list[Record]) -> RunSummary:
+    """The suite's records in plan order; records of other runs are counted, not listed."""
     rank = {r.run_id: i for i, r in enumerate(plan)}
-    return RunSummary(stored.records + sorted(new, key=lambda r: rank[r.run_id or ""]),
-                      skipped=len(plan) - len(todo), ran=len(new))  # fmt: skip
+    mine = [r for r in stored + new if r.run_id in rank]
+    mine.sort(key=lambda r: rank[r.run_id or ""])
+    other = sum(r.run_id not in rank for r in stored)
+    return RunSummary(mine, skipped=len(plan) - len(new), ran=len(new), other=other)
 
 
 def local_jobs(jobs: int | None, n_todo: int) -> int:

@@ -35,7 +35,7 @@ from typing import Any
 import yaml
 from pydantic import ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
-from decompbench.bench.results import make_run_id
+from decompbench.bench.results import SUITE_COPY, make_run_id
 from decompbench.config import StrictModel, validate
 from decompbench.errors import UserError
 from decompbench.methods.base import build_method
@@ -49,6 +49,7 @@ MIN_VERDICT_SEEDS = 3
 RELATIVE = re.compile(r"^(?P<mult>[0-9]+(?:\.[0-9]+)?)d$")  # width: "4d" = 4 x site dim
 MAX_SEED = 2**31 - 1
 MAX_SAMPLES = 1_000_000
+MAX_NODES = 100_000  # values in a suite once YAML aliases are expanded
 
 
 class SpecModel(StrictModel):
@@ -118,12 +119,27 @@ class Suite(SpecModel):
         return self
 
 
-def read_yaml(path: Path) -> Any:
-    """Parse a YAML file; every failure becomes a one-line ``UserError``."""
+def read_text(path: Path) -> str:
+    """The text of a suite file; a directory or an unreadable file is a one-line error."""
+    if path.is_dir():
+        hint = path / SUITE_COPY
+        raise UserError(
+            f"{path}: is a directory, not a suite file"
+            + (f" (to resume that run directory: decompbench run {hint} --out {path})"
+               if hint.is_file() else "")
+        )  # fmt: skip
     if not path.is_file():
         raise UserError(f"{path}: no such file")
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"{path}: cannot read: {err}") from None
+
+
+def read_yaml(path: Path, text: str | None = None) -> Any:
+    """Parse a YAML file; every failure becomes a one-line ``UserError``."""
+    try:
+        return yaml.safe_load(read_text(path) if text is None else text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         line = f" (line {mark.line + 1})" if mark is not None else ""
@@ -141,6 +157,40 @@ def located(lookup: Callable[[str], object], name: str, where: str) -> None:
         lookup(name)
     except UserError as err:
         raise UserError(f"{where}: {err}") from None
+
+
+def expanded_size(data: Any, where: str, limit: int = MAX_NODES) -> int:
+    """Number of values in ``data`` with YAML aliases expanded, counted once per distinct
+    object (so an alias bomb costs its size in the file, not its expansion); refuse a
+    structure that expands beyond ``limit`` values or refers to itself."""
+    sizes: dict[int, int] = {}
+    open_ids: set[int] = set()
+
+    def size(node: Any) -> int:
+        if not isinstance(node, dict | list | tuple):
+            return 1
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in open_ids:
+            raise UserError(f"{where}: a YAML alias refers to itself")
+        open_ids.add(key)
+        children = [*node.keys(), *node.values()] if isinstance(node, dict) else node
+        total = 1
+        for child in children:
+            total += size(child)
+            if total > limit:
+                raise UserError(
+                    f"{where}: too large: YAML aliases expand to more than {limit} values"
+                )
+        open_ids.discard(key)
+        sizes[key] = total
+        return total
+
+    try:
+        return size(data)
+    except RecursionError:
+        raise UserError(f"{where}: nested too deeply") from None
 
 
 def check_finite(value: Any, where: str) -> None:
@@ -315,6 +365,7 @@ def parse_suite(data: Any, where: str, base: Path | None = None) -> Suite:
     ``base``)."""
     if not isinstance(data, dict):
         raise UserError(f"{where}: a suite must be a mapping with 'toys' and 'methods'")
+    expanded_size(data, where)  # before anything walks the structure
     suite = validate(Suite, data, where)
     load_plugins(suite.plugins, base)
     toys = [resolve_toy(t, suite.seeds[0], f"{where}: toys[{i}]") for i, t in enumerate(suite.toys)]
@@ -345,8 +396,8 @@ def load_suite(path: Path | None, builtin: str = "default") -> tuple[Suite, str]
         name = f"{builtin}.yaml"
         text = resources.files("decompbench.bench").joinpath(name).read_text()
         return parse_suite(yaml.safe_load(text), f"<built-in {name}>"), text
-    data = read_yaml(path)
-    return parse_suite(data, str(path), path.parent), path.read_text(encoding="utf-8")
+    text = read_text(path)
+    return parse_suite(read_yaml(path, text), str(path), path.parent), text
 
 
 def with_seeds(suite: Suite, seeds: list[int]) -> Suite:
@@ -364,20 +415,43 @@ class PlannedRun:
     toy: ToySpec
     site: str
     method: MethodSpec
+    toy_tag: str = ""  # the toy's parameters that differ between the suite's entries of it
+    method_tag: str = ""  # likewise for the method (e.g. [l1=0.1] in a sweep)
 
     @property
     def label(self) -> str:
-        return f"{self.toy.name}@{self.site} {self.method.name} seed {self.seed}"
+        """``composed[use=factored]@hidden sae-relu[l1=0.1] seed 0``: twins and sweeps are
+        told apart."""
+        return (
+            f"{self.toy.name}{self.toy_tag}@{self.site} {self.method.name}{self.method_tag} "
+            f"seed {self.seed}"
+        )
+
+
+def tags(entries: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    """Per entry, ``[k=v,...]`` of the parameters whose values differ between the entries
+    of the same name (``""`` when none do)."""
+    out = []
+    for name, params in entries:
+        same = [p for n, p in entries if n == name]
+        keys = sorted(k for k in params if any(json.dumps(p.get(k)) != json.dumps(params[k])
+                                               for p in same))  # fmt: skip
+        parts = [f"{k}={v if isinstance(v, str) else json.dumps(v, separators=(',', ':'))}"
+                 for k in keys for v in [params[k]]]  # fmt: skip
+        out.append(f"[{','.join(parts)}]" if parts else "")
+    return out
 
 
 def plan_runs(suite: Suite) -> list[PlannedRun]:
     """Every run of the suite, in execution order: seed, toy, site, method."""
     toys = [normalised("toy", t.name, t.params) for t in suite.toys]
+    toy_tags = tags([(t.name, p) for t, p in zip(suite.toys, toys, strict=True)])
+    method_tags = tags([(m.name, m.params) for m in suite.methods])  # as given (sweeps expanded)
     plan = []
     for seed in suite.seeds:
-        for t, tparams in zip(suite.toys, toys, strict=True):
+        for t, tparams, ttag in zip(suite.toys, toys, toy_tags, strict=True):
             for site in t.sites or []:
-                for m in suite.methods:
+                for m, mtag in zip(suite.methods, method_tags, strict=True):
                     if not runs_on(t, m) or not valid_at(t, site, m, suite.seeds[0], m.name):
                         continue
                     given = resolved_params(t, site, m, suite.seeds[0], m.name)
@@ -388,5 +462,5 @@ def plan_runs(suite: Suite) -> list[PlannedRun]:
                         method_params=mparams, seed=seed, n_train=suite.n_train,
                         n_eval=suite.n_eval,
                     )  # fmt: skip
-                    plan.append(PlannedRun(make_run_id(identity), seed, t, site, m))
+                    plan.append(PlannedRun(make_run_id(identity), seed, t, site, m, ttag, mtag))
     return plan

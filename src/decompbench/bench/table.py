@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import statistics
 from collections import defaultdict
@@ -10,6 +12,7 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from decompbench.bench.results import Record
 from decompbench.bench.rows import STANCE_HEADERS, stance_cells, stance_legend
@@ -156,18 +159,125 @@ def stance_table(records: list[Record], stances: list[StanceRow]) -> Table:
     return table
 
 
+def build_tables(
+    records: list[Record], stances: list[StanceRow] | None = None
+) -> list[tuple[str, Table]]:
+    """The tables of ``run``/``show`` with a short name each (scores, twins, stance)."""
+    tables = [("scores", scores_table(records))]
+    twins = twin_table(records)
+    if twins is not None:
+        tables.append(("twins", twins))
+    if stances:
+        tables.append(("stance", stance_table(records, stances)))
+    return tables
+
+
+def runs_table(title: str, records: list[Record], with_error: bool) -> Table:
+    """One row per record: toy (its parameters), site, method (its parameters), seed."""
+    table = Table(title=title)
+    for h in ("toy", "site", "method", "seed", "status") + (("error",) if with_error else ()):
+        table.add_column(h)
+    for r in records:
+        cells = [label(r.toy, r.toy_params), r.site, label(r.method, r.method_params),
+                 str(r.seed), r.status]  # fmt: skip
+        table.add_row(*cells, *([r.error or ""] if with_error else []))
+    return table
+
+
+def extra_tables(records: list[Record], others: list[Record]) -> list[tuple[str, Table]]:
+    """Failed runs of the suite, and recorded runs that are not in its current suite."""
+    tables = []
+    failed = [r for r in records if r.status == "failed"]
+    if failed:
+        tables.append(("failed", runs_table("Failed runs", failed, with_error=True)))
+    if others:
+        title = (
+            "Recorded runs NOT in the current suite (kept from an earlier suite; "
+            "`decompbench run SUITE --out DIR --prune` drops them)"
+        )
+        tables.append(("not_in_suite", runs_table(title, others, with_error=False)))
+    return tables
+
+
+def plain(cell: object) -> str:
+    """A cell's text without rich markup."""
+    return Text.from_markup(cell).plain if isinstance(cell, str) else str(cell)
+
+
+def rows_of(table: Table) -> tuple[list[str], list[list[str]]]:
+    """Headers and rows of ``table`` as plain strings."""
+    headers = [plain(c.header) for c in table.columns]
+    columns = [[plain(cell) for cell in c.cells] for c in table.columns]
+    return headers, [list(row) for row in zip(*columns, strict=True)]
+
+
+def markdown(tables: list[tuple[str, Table]]) -> str:
+    """GitHub-flavoured Markdown: a heading and a pipe table per table."""
+
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+    parts = []
+    for _, table in tables:
+        headers, rows = rows_of(table)
+        body = [line(headers), line(["---"] * len(headers)), *map(line, rows)]
+        caption = f"\n{plain(table.caption)}\n" if table.caption else ""
+        parts.append(f"### {plain(table.title or '')}\n\n" + "\n".join(body) + "\n" + caption)
+    return "\n".join(parts)
+
+
+def as_csv(tables: list[tuple[str, Table]]) -> str:
+    """One CSV block per table (a ``table`` column names it), blank line between."""
+    out = io.StringIO()
+    for n, (name, table) in enumerate(tables):
+        headers, rows = rows_of(table)
+        if n:
+            out.write("\n")
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(["table", *headers])
+        writer.writerows([name, *row] for row in rows)
+    return out.getvalue()
+
+
+def as_json(tables: list[tuple[str, Table]]) -> str:
+    """``{"tables": [{"name", "title", "columns", "rows"}]}`` with plain-text cells."""
+    doc = []
+    for name, table in tables:
+        headers, rows = rows_of(table)
+        doc.append({"name": name, "title": plain(table.title or ""), "columns": headers,
+                    "rows": rows, "caption": plain(table.caption or "")})  # fmt: skip
+    return json.dumps({"tables": doc}, indent=1, ensure_ascii=False) + "\n"
+
+
+def print_text(tables: list[tuple[str, Table]], console: Console | None = None) -> None:
+    """Never cut a cell: off a terminal each table is printed at its full natural width;
+    on a terminal too narrow for it, cells wrap (long words fold) instead of ending in an
+    ellipsis."""
+    out = console or Console()
+    for _, table in tables:
+        for column in table.columns:
+            column.no_wrap, column.overflow = False, "fold"
+        if out.is_terminal:
+            out.print(table)
+            continue
+        width = Console(width=10**5).measure(table).maximum
+        Console(file=out.file, width=max(width, 20), no_color=True, highlight=False).print(table)
+
+
+FORMATS = {"md": markdown, "csv": as_csv, "json": as_json}
+
+
 def print_tables(
     records: list[Record],
     stances: list[StanceRow] | None = None,
     console: Console | None = None,
+    fmt: str = "text",
+    others: list[Record] | None = None,
 ) -> None:
-    console = console or Console(width=max(Console().width, 150))
-    console.print(scores_table(records))
-    twins = twin_table(records)
-    if twins is not None:
-        console.print(twins)
-    if stances:
-        console.print(stance_table(records, stances))
-    failed = [r for r in records if r.status == "failed"]
-    for r in failed:
-        console.print(f"[red]failed[/red] {r.toy} {r.site} {r.method} seed {r.seed}: {r.error}")
+    """Print the tables of ``records`` as text (``print_text``) or ``md``/``csv``/``json``;
+    ``others``: recorded runs outside the current suite, listed apart."""
+    tables = build_tables(records, stances) + extra_tables(records, others or [])
+    if fmt != "text":
+        (console or Console()).file.write(FORMATS[fmt](tables))
+        return
+    print_text(tables, console)

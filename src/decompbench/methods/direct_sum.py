@@ -67,12 +67,24 @@ class DirectSumParams(StrictModel):
     max_cumulant_rank: int = Field(
         default=64, ge=0, description="third-order test only up to this many components"
     )
-    fvu_target: float = Field(default=0.02, gt=0, lt=1)
-    max_group_width: int = Field(default=32, ge=1)
-    kmeans_iters: int = Field(default=50, ge=1)
+    fvu_target: float = Field(
+        default=0.02,
+        gt=0,
+        lt=1,
+        description="per subspace: smallest dictionary whose within-subspace FVU is at most this",
+    )
+    max_group_width: int = Field(
+        default=32,
+        ge=1,
+        description="largest dictionary searched per subspace (wider: one atom per dim)",
+    )
+    kmeans_iters: int = Field(default=50, ge=1, description="k-means iterations per restart")
     vq_samples: int = Field(default=16384, ge=16, description="samples the dictionaries see")
-    kmeans_restarts: int = Field(default=3, ge=1)
-    basis: Literal["auto", "cumulant", "ica"] = "auto"
+    kmeans_restarts: int = Field(default=3, ge=1, description="k-means restarts (the best is kept)")
+    basis: Literal["auto", "cumulant", "ica"] = Field(
+        default="auto",
+        description="how the subspaces are found: fourth-order cumulants, ICA, or auto",
+    )
     cumulant_draws: int = Field(default=16, ge=1, description="random M tried for Q(M)")
     fun: Contrast = Field(default="cube", description="ICA contrast (basis: ica)")
     rel_tol: float = Field(default=1e-4, gt=0, description="variance share kept as rank")

@@ -51,11 +51,13 @@ class SparsityChoice(StrictModel):
 
     sweep_fields: ClassVar[tuple[str, ...]] = ("l1",)  # a list: one fit per value
 
-    width: int = Field(default=32, ge=1)
+    width: int = Field(default=32, ge=1, description="dictionary size (latents)")
     l1: float | list[float] = Field(default=0.01, description="L1 coefficient(s); list: select")
     k: int | None = Field(default=None, ge=1, description="TopK instead of L1 when set")
     tol: float = Field(default=0.02, gt=0, description="selection: max held-out error")
-    holdout_frac: float = Field(default=0.1, gt=0, lt=1)
+    holdout_frac: float = Field(
+        default=0.1, gt=0, lt=1, description="share of samples held out to choose among l1 values"
+    )
 
     @field_validator("l1")
     @classmethod

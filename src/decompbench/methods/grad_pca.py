@@ -29,7 +29,9 @@ CHUNK = 1024
 
 
 class GradPCAParams(StrictModel):
-    width: int | None = Field(default=None, ge=1)
+    width: int | None = Field(
+        default=None, ge=1, description="components kept; default all above rel_tol"
+    )
     rel_tol: float = Field(default=1e-4, gt=0, description="eigenvalue share kept")
 
 

@@ -31,9 +31,11 @@ Contrast = Literal["logcosh", "exp", "cube"]
 
 class ICAParams(StrictModel):
     width: int | None = Field(default=None, ge=1, description="components; default the rank")
-    fun: Contrast = "cube"
-    max_iter: int = Field(default=500, ge=1)
-    tol: float = Field(default=1e-6, gt=0)
+    fun: Contrast = Field(default="cube", description="FastICA contrast function")
+    max_iter: int = Field(default=500, ge=1, description="FastICA fixed-point iterations at most")
+    tol: float = Field(
+        default=1e-6, gt=0, description="convergence tolerance of the unmixing matrix"
+    )
     rel_tol: float = Field(default=1e-4, gt=0, description="variance share kept as rank")
 
 

@@ -33,10 +33,15 @@ EPS = 1e-12
 
 class NMFParams(StrictModel):
     width: int | None = Field(default=None, ge=1, description="components; default the rank")
-    iters: int = Field(default=400, ge=1)
-    encode_iters: int = Field(default=200, ge=1)
+    iters: int = Field(default=400, ge=1, description="multiplicative-update iterations of the fit")
+    encode_iters: int = Field(
+        default=200, ge=1, description="code iterations when encoding new data"
+    )
     l1: float = Field(default=0.0, ge=0, description="L1 penalty on codes")
-    signs: Literal["refuse", "split"] = "refuse"
+    signs: Literal["refuse", "split"] = Field(
+        default="refuse",
+        description="refuse negative activations, or split x into [max(x,0), max(-x,0)]",
+    )
 
 
 def mu_codes(X_NF: Tensor, H_MF: Tensor, C_NM: Tensor, l1: float, iters: int) -> Tensor:

@@ -18,7 +18,9 @@ from decompbench.toys.base import ActivationSite
 
 
 class PCAParams(StrictModel):
-    width: int | None = Field(default=None, ge=1)
+    width: int | None = Field(
+        default=None, ge=1, description="components kept; default the data's rank"
+    )
     rel_tol: float = Field(default=1e-4, gt=0, description="variance share kept as rank")
 
 

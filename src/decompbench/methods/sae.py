@@ -54,9 +54,11 @@ FAST_MIN_ELEMENTS = 1 << 20
 
 
 class SAEParams(TrainParams):
-    width: int = Field(default=32, ge=1)
+    width: int = Field(default=32, ge=1, description="dictionary size (latents)")
     normalize: bool = Field(default=False, description="scale inputs so E||x||^2 = d")
-    init_b_dec: InitBDec = "zeros"
+    init_b_dec: InitBDec = Field(
+        default="zeros", description="initial decoder bias: zeros, data mean or geometric median"
+    )
 
 
 def geometric_median(X_ND: Tensor, iters: int = 100, tol: float = 1e-7) -> Tensor:

@@ -20,7 +20,9 @@ from decompbench.registry import register_method
 
 
 class BatchTopKParams(TopKParams):
-    threshold_momentum: float = Field(default=0.01, gt=0, le=1)
+    threshold_momentum: float = Field(
+        default=0.01, gt=0, le=1, description="EMA rate of the inference threshold"
+    )
 
 
 def batch_topk(pre_BM: Tensor, k: int) -> Tensor:

@@ -35,7 +35,9 @@ from decompbench.registry import register_method
 class JumpReLUParams(SAEParams):
     l0_coef: float = Field(default=1.0, ge=0, description="weight of the L0 penalty")
     bandwidth: float = Field(default=0.05, gt=0, description="STE kernel width epsilon")
-    threshold_init: float = Field(default=0.1, gt=0)
+    threshold_init: float = Field(
+        default=0.1, gt=0, description="initial JumpReLU threshold per latent"
+    )
     normalize: bool = True
     sparsity_warmup_frac: float = Field(default=0.1, ge=0, le=1)
 

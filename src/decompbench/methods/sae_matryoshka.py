@@ -27,8 +27,14 @@ from decompbench.registry import register_method
 
 
 class MatryoshkaParams(BatchTopKParams):
-    prefixes: list[int] | None = Field(default=None, min_length=1)
-    n_prefixes: int = Field(default=4, ge=1)
+    prefixes: list[int] | None = Field(
+        default=None,
+        min_length=1,
+        description="explicit nested prefix sizes (last = width); default: n_prefixes doublings",
+    )
+    n_prefixes: int = Field(
+        default=4, ge=1, description="number of nested prefixes, doubling up to width"
+    )
 
     @model_validator(mode="after")
     def _check_prefixes(self) -> MatryoshkaParams:

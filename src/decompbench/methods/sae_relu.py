@@ -15,7 +15,7 @@ from decompbench.registry import register_method
 
 
 class ReLUParams(SAEParams):
-    l1: float = Field(default=0.1, ge=0)
+    l1: float = Field(default=0.1, ge=0, description="L1 penalty coefficient on the latents")
 
 
 class ReLUSAE(SparseAutoencoder):

@@ -23,7 +23,7 @@ from decompbench.registry import register_method
 
 
 class TopKParams(SAEParams):
-    k: int = Field(default=4, ge=1)
+    k: int = Field(default=4, ge=1, description="active latents per sample")
     aux_k: int | None = Field(default=None, ge=1, description="dead latents used; None: d/2")
     aux_coef: float = Field(default=1 / 32, ge=0, description="weight of the aux-k loss")
 

@@ -82,17 +82,34 @@ class SPDParams(TrainParams):
     importance: float | list[float] = Field(
         default=[0.003, 0.01, 0.03, 0.1], description="minimality coefficient(s); list: select"
     )
-    p: float = Field(default=1.0, gt=0)
-    layerwise: float = Field(default=1.0, ge=0)
-    faithfulness: float = Field(default=1.0, ge=0)
+    p: float = Field(
+        default=1.0, gt=0, description="exponent of the importance-minimality penalty (L_p)"
+    )
+    layerwise: float = Field(
+        default=1.0, ge=0, description="weight of the layer-wise stochastic reconstruction loss"
+    )
+    faithfulness: float = Field(
+        default=1.0,
+        ge=0,
+        description="weight of the faithfulness loss (components sum to the weights)",
+    )
     active_norm: float = Field(
         default=10.0, ge=0, description="weight of the active-norm term, relative to importance"
     )
-    ci_fn: Literal["scalar", "vector"] = "scalar"
-    ci_hidden: int = Field(default=16, ge=1)
-    warmup_steps: int = Field(default=200, ge=0)
+    ci_fn: Literal["scalar", "vector"] = Field(
+        default="scalar",
+        description="causal-importance MLP input: a scalar per subcomponent or the vector",
+    )
+    ci_hidden: int = Field(
+        default=16, ge=1, description="hidden width of each causal-importance MLP"
+    )
+    warmup_steps: int = Field(
+        default=200, ge=0, description="steps before the importance penalty starts"
+    )
     recon_tol: float = Field(default=0.01, gt=0, description="selection: max held-out error")
-    holdout_frac: float = Field(default=0.1, gt=0, lt=1)
+    holdout_frac: float = Field(
+        default=0.1, gt=0, lt=1, description="share of samples held out for the selection"
+    )
     merge_tol: float = Field(
         default=0.99, gt=0, le=1, description="merge parallel, co-important subcomponents"
     )

@@ -90,11 +90,18 @@ def convergence(losses: Sequence[float]) -> dict[str, float | None]:
 class TrainParams(StrictModel):
     """Optimisation settings; gradient-trained methods inherit these fields."""
 
-    steps: int = Field(default=3000, ge=1)
-    lr: float = Field(default=3e-3, gt=0)
-    batch_size: int = Field(default=256, ge=1)
-    warmup_frac: float = Field(default=0.05, ge=0, le=1)
-    decay_frac: float = Field(default=0.2, ge=0, le=1)
+    steps: int = Field(default=3000, ge=1, description="optimiser steps")
+    lr: float = Field(default=3e-3, gt=0, description="peak learning rate (Adam)")
+    batch_size: int = Field(default=256, ge=1, description="samples per minibatch")
+    warmup_frac: float = Field(
+        default=0.05, ge=0, le=1, description="share of steps of linear learning-rate warm-up"
+    )
+    decay_frac: float = Field(
+        default=0.2,
+        ge=0,
+        le=1,
+        description="share of final steps of linear learning-rate decay to 0",
+    )
     sparsity_warmup_frac: float = Field(
         default=0.0, ge=0, le=1, description="share of steps over which the penalty ramps 0->1"
     )

@@ -61,6 +61,7 @@ from decompbench.real.store import (
 from decompbench.real.train import CKPT, CKPT_META, StepTimer, train_streaming
 from decompbench.toys.base import ActivationSite, DownstreamSite
 
+MIN_EVAL_TOKENS = 2048  # fewer held-out tokens than this: the CE metrics get a warning
 STORE_WAIT_S = 6 * 3600.0  # --ddp: how long ranks wait on each other (rank 0 builds the store)
 REAL_KEYS = ("fvu", "l0", "dead_frac", "dense_frac", "ce_clean", "ce_spliced", "ce_zero",
              "ce_increase", "kl", "loss_recovered")  # fmt: skip
@@ -269,8 +270,26 @@ def cmd_train_real(args: argparse.Namespace) -> int:
         return run_train_real(args, ranks)
 
 
+@contextmanager
+def removed_on_error(out: Path, main: bool) -> Iterator[None]:
+    """An ``out`` folder this command creates is removed again if it ends with a user
+    error (bad model, hook, data, too little text): no empty or half-built folder is left."""
+    created = main and not out.exists()
+    try:
+        yield
+    except UserError:
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
 def run_train_real(args: argparse.Namespace, ranks: Ranks | None) -> int:
     main = ranks is None or ranks.is_main
+    with removed_on_error(args.out, main):
+        return train_and_print(args, ranks, main)
+
+
+def train_and_print(args: argparse.Namespace, ranks: Ranks | None, main: bool) -> int:
     if args.force and main:
         for name in (CKPT, CKPT_META):
             (args.out / name).unlink(missing_ok=True)
@@ -288,6 +307,13 @@ def run_train_real(args: argparse.Namespace, ranks: Ranks | None) -> int:
         f"{args.method} @ {args.model} {record['hook']} ({record['n_eval_tokens']} held-out tokens)"
     )
     print_metrics(title, record["metrics"], REAL_KEYS)
+    if record["n_eval_tokens"] < MIN_EVAL_TOKENS:
+        print(
+            f"decompbench: warning: the held-out shard has only {record['n_eval_tokens']} "
+            f"tokens (< {MIN_EVAL_TOKENS}): CE, KL and loss_recovered are noisy; give more "
+            "text or raise --shard-tokens",
+            file=sys.stderr,
+        )
     if record["dictionary_saved"]:
         print(f"dictionary: {args.out / 'dictionary.json'}")
     print(f"metrics: {args.out / 'metrics.json'}")
@@ -303,12 +329,16 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
+    if args.out is not None and args.out.exists() and not args.force:
+        raise UserError(f"--out {args.out} exists; pass --force to replace it")
     method = import_saelens(args.dir)
     d = int(method.sae.W_dec_MD.shape[1])
     print(f"read {args.dir}: {method.name}, d_in={d}, d_sae={method.params.width}")
     if args.out is not None:
-        if args.out.exists() and args.force:
+        if args.out.is_dir():
             shutil.rmtree(args.out)
+        elif args.out.exists():
+            args.out.unlink()
         save_dictionary(method, args.out, {"imported_from": str(args.dir)})
         print(f"dictionary: {args.out / 'dictionary.json'}")
     if args.toy is not None:

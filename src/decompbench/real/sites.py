@@ -24,6 +24,7 @@ rows of the token batch it is bound to, in that order.
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -89,8 +90,24 @@ def require_transformers() -> Any:
     return transformers
 
 
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}(/[A-Za-z0-9][\w.-]{0,95})?")
+
+
+def check_model_path(name_or_path: str) -> None:
+    """A name that cannot be a hub id (``/abs``, ``./rel``, ``a/b/c``) must be an
+    existing folder: say so instead of asking the hub (which would reject it as a repo id)."""
+    path = Path(name_or_path)
+    if path.exists():
+        if not path.is_dir():
+            raise UserError(f"--model {name_or_path}: not a model folder (a file)")
+        return
+    if not HUB_ID.fullmatch(name_or_path) or ".." in name_or_path or "--" in name_or_path:
+        raise UserError(f"--model {name_or_path}: no such model folder")
+
+
 def load_model(name_or_path: str) -> tuple[nn.Module, Any]:
     """A causal LM and its tokenizer from a local folder (or a hub id), frozen, in eval mode."""
+    check_model_path(name_or_path)
     tf = require_transformers()
     local = Path(name_or_path).exists()
     try:

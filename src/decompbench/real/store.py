@@ -61,9 +61,18 @@ def write_json_atomic(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
+def umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def save_atomic(tensors: dict[str, Tensor], path: Path) -> None:
+    """safetensors file via a temporary name; readable like any new file (0666 & ~umask,
+    where ``save_file`` alone leaves 0600)."""
     tmp = path.with_name(path.name + ".tmp")
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
+    os.chmod(tmp, 0o666 & ~umask())
     os.replace(tmp, path)
 
 

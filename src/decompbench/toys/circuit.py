@@ -47,7 +47,7 @@ import torch
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
-from decompbench.config import StrictModel
+from decompbench.config import FloatPair, StrictModel
 from decompbench.exact import decimal, show
 from decompbench.registry import register_toy
 from decompbench.seeding import generator
@@ -74,12 +74,20 @@ def pair_of(i: int, n_pairs: int) -> int | None:
 
 
 class CircuitParams(StrictModel):
-    n_features: int = Field(default=12, ge=2)
-    d_l0: int = Field(default=8, ge=1)
-    d_l1: int = Field(default=8, ge=1)
-    gates: list[str] = Field(default=["0&2", "1&8", "4|9", "3|10", "2&9"], min_length=1)
-    p_active: float = Field(default=0.25, gt=0, le=1)
-    magnitude: tuple[float, float] = (0.6, 1.0)
+    n_features: int = Field(default=12, ge=2, description="sparse input features")
+    d_l0: int = Field(default=8, ge=1, description="dimension of the input site l0")
+    d_l1: int = Field(default=8, ge=1, description="dimension of the gate site l1")
+    gates: list[str] = Field(
+        default=["0&2", "1&8", "4|9", "3|10", "2&9"],
+        min_length=1,
+        description="Boolean gates of inputs: '0&2' is AND, '4|9' is OR",
+    )
+    p_active: float = Field(
+        default=0.25, gt=0, le=1, description="probability that an input pair is active"
+    )
+    magnitude: FloatPair = Field(
+        default=(0.6, 1.0), description="[lo, hi] of an active feature's magnitude U[lo, hi]"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> CircuitParams:

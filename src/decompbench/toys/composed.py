@@ -43,7 +43,7 @@ import torch
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
-from decompbench.config import StrictModel
+from decompbench.config import FloatPair, StrictModel
 from decompbench.exact import decimal, show
 from decompbench.registry import register_toy
 from decompbench.seeding import generator
@@ -51,16 +51,30 @@ from decompbench.toys.base import Batch, EmbedReadoutToy, GroundTruth
 
 
 class ComposedParams(StrictModel):
-    values: list[int] = Field(default=[4, 4], min_length=1)
-    d_model: int = Field(default=16, ge=1)
-    p_absent: float = Field(default=0.0, ge=0.0, lt=1.0)
-    magnitude: tuple[float, float] = (1.0, 1.0)
-    use: Literal["factored", "composed"] = "factored"
+    values: list[int] = Field(
+        default=[4, 4],
+        min_length=1,
+        description="values per factor (each >= 2); one factor per entry",
+    )
+    d_model: int = Field(default=16, ge=1, description="activation dimension (>= sum of values)")
+    p_absent: float = Field(
+        default=0.0, ge=0.0, lt=1.0, description="probability that a factor is absent in a sample"
+    )
+    magnitude: FloatPair = Field(
+        default=(1.0, 1.0), description="[lo, hi] of a present value's magnitude U[lo, hi]"
+    )
+    use: Literal["factored", "composed"] = Field(
+        default="factored",
+        description="twin: read each value (factored) or each combination (composed)",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ComposedParams:
-        if any(v < 1 for v in self.values):
-            raise ValueError("every factor needs at least one value")
+        if any(v < 2 for v in self.values):
+            raise ValueError(
+                f"values {self.values}: every factor needs at least 2 values (a factor with "
+                "one value is a feature that is always on)"
+            )
         if sum(self.values) > self.d_model:
             raise ValueError(
                 f"sum(values) = {sum(self.values)} orthonormal directions do not fit in "

@@ -48,8 +48,15 @@ LOSS_FRACTION = 0.05
 
 
 class ComposedTMSParams(ToyTrainParams):
-    corr: float = Field(default=0.0, ge=-1, le=1)
-    p_onehot: float = Field(default=0.0, ge=0, le=1)
+    corr: float = Field(
+        default=0.0, ge=-1, le=1, description="correlation of the x and y magnitudes"
+    )
+    p_onehot: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="probability that a sample holds a single feature instead of one per set",
+    )
 
 
 def correlated_uniform(n: int, corr: float, g: torch.Generator) -> tuple[Tensor, Tensor]:

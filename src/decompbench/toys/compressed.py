@@ -83,10 +83,12 @@ MIN_RESPONSE = 0.1  # share of the largest |rho_i| below which relu(x_i) is not 
 
 
 class CompressedParams(ToyTrainParams):
-    n_features: int = Field(default=100, ge=1)
-    d_resid: int = Field(default=1000, ge=1)
-    d_mlp: int = Field(default=50, ge=1)
-    feature_prob: float = Field(default=0.01, gt=0, le=1)
+    n_features: int = Field(default=100, ge=1, description="input features")
+    d_resid: int = Field(default=1000, ge=1, description="residual stream dimension")
+    d_mlp: int = Field(default=50, ge=1, description="MLP neurons")
+    feature_prob: float = Field(
+        default=0.01, gt=0, le=1, description="probability that a feature is active"
+    )
     steps: int = Field(default=1000, ge=1)
     lr: float = Field(default=3e-3, gt=0)
     batch_size: int = Field(default=2048, ge=1)

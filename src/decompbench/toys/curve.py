@@ -57,13 +57,18 @@ SIDE_LOBE_MARGIN = 1e-3
 
 
 class CurveParams(StrictModel):
-    d_model: int = Field(default=12, ge=2)
+    d_model: int = Field(
+        default=12, ge=2, description="activation dimension of the curve's ambient space"
+    )
     n_freq: int = Field(default=5, ge=1, description="the curve spans 2 * n_freq dims")
     n_units: int = Field(default=100, ge=2, description="read directions of the next layer")
     fine_frac: float = Field(default=0.5, gt=0, lt=1, description="share of units on the arc")
     fine_arc: float = Field(default=0.5, gt=0, lt=TWO_PI, description="radians")
     overlap: float = Field(default=1.0, gt=0, description="tuning half-width / spacing")
-    use: Literal["focused", "uniform"] = "focused"
+    use: Literal["focused", "uniform"] = Field(
+        default="focused",
+        description="twin: next-layer units focused on an arc, or uniform around the curve",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> CurveParams:

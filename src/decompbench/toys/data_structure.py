@@ -52,12 +52,23 @@ LEAK = 0.5
 
 
 class DataStructureParams(StrictModel):
-    d_model: int = Field(default=10, ge=2)
+    d_model: int = Field(default=10, ge=2, description="activation dimension")
     n_read: int = Field(default=4, ge=1, description="coordinates read by use=coordinates")
-    freqs_read: list[int] = Field(default=[1, 2], min_length=1)
-    freqs_unread: list[int] = Field(default=[3, 5, 7])
-    unread_scale: float = Field(default=3.0, gt=0)
-    use: Literal["coordinates", "curve"] = "coordinates"
+    freqs_read: list[int] = Field(
+        default=[1, 2], min_length=1, description="curve frequencies lying in the read coordinates"
+    )
+    freqs_unread: list[int] = Field(
+        default=[3, 5, 7], description="curve frequencies lying in the unread coordinates"
+    )
+    unread_scale: float = Field(
+        default=3.0,
+        gt=0,
+        description="scale of the unread frequencies (carry most of the variance)",
+    )
+    use: Literal["coordinates", "curve"] = Field(
+        default="coordinates",
+        description="twin: read coordinates elementwise, or the read frequencies' Fourier axes",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> DataStructureParams:

@@ -36,7 +36,7 @@ import torch
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
-from decompbench.config import StrictModel
+from decompbench.config import FloatPair, StrictModel
 from decompbench.exact import decimal, show
 from decompbench.registry import register_toy
 from decompbench.seeding import generator
@@ -44,15 +44,28 @@ from decompbench.toys.base import Batch, EmbedReadoutToy, GroundTruth
 
 
 class HierarchyParams(StrictModel):
-    n_parents: int = Field(default=3, ge=1)
-    n_children: int = Field(default=3, ge=1)
-    p_parent: float = Field(default=0.15, gt=0, le=1)
-    p_child: float = Field(default=0.2, gt=0, le=1)
-    n_independent: int = Field(default=8, ge=0)
-    p_independent: float = Field(default=0.05, gt=0, le=1)
-    d_model: int = Field(default=20, ge=1)
-    overlap: float = Field(default=0.1, ge=0, le=0.5)
-    magnitude: tuple[float, float] = (0.0, 1.0)
+    n_parents: int = Field(default=3, ge=1, description="parent features")
+    n_children: int = Field(default=3, ge=1, description="exclusive children per parent")
+    p_parent: float = Field(
+        default=0.15, gt=0, le=1, description="probability that a parent is active"
+    )
+    p_child: float = Field(
+        default=0.2, gt=0, le=1, description="probability that an active parent has a child active"
+    )
+    n_independent: int = Field(default=8, ge=0, description="independent features")
+    p_independent: float = Field(
+        default=0.05, gt=0, le=1, description="probability that an independent feature is active"
+    )
+    d_model: int = Field(default=20, ge=1, description="activation dimension")
+    overlap: float = Field(
+        default=0.1,
+        ge=0,
+        le=0.5,
+        description="relative noise added to orthonormal directions (0: orthonormal)",
+    )
+    magnitude: FloatPair = Field(
+        default=(0.0, 1.0), description="[lo, hi] of an active feature's magnitude U[lo, hi]"
+    )
 
     @property
     def n_features(self) -> int:

@@ -41,11 +41,15 @@ from decompbench.toys.base import Batch, GroundTruth, Toy
 
 
 class PlantedParams(StrictModel):
-    n_features: int = Field(default=512, ge=1)
-    d: int = Field(default=256, ge=1)
-    mean_active: float = Field(default=5.0, gt=0)
+    n_features: int = Field(default=512, ge=1, description="planted dictionary directions")
+    d: int = Field(default=256, ge=1, description="activation dimension")
+    mean_active: float = Field(
+        default=5.0, gt=0, description="expected number of active features per sample"
+    )
     decay: float = Field(default=0.99, gt=0, le=1, description="p_{i+1} / p_i")
-    readout: Literal["identity", "features"] = "identity"
+    readout: Literal["identity", "features"] = Field(
+        default="identity", description="downstream: identity, or a readout of each feature"
+    )
 
     @model_validator(mode="after")
     def _fits(self) -> PlantedParams:

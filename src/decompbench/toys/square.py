@@ -42,16 +42,18 @@ import torch
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
-from decompbench.config import StrictModel
+from decompbench.config import FloatPair, StrictModel
 from decompbench.registry import register_toy
 from decompbench.seeding import generator
 from decompbench.toys.base import Batch, GroundTruth, Toy
 
 
 class SquareParams(StrictModel):
-    n_neurons: int = Field(default=10, ge=2)
-    interval: tuple[float, float] = (-1.0, 1.0)
-    use: Literal["square", "cube"] = "square"
+    n_neurons: int = Field(default=10, ge=2, description="ReLU neurons of the interpolant")
+    interval: FloatPair = Field(default=(-1.0, 1.0), description="[lo, hi] on which x is drawn")
+    use: Literal["square", "cube"] = Field(
+        default="square", description="twin: the readout computes x^2 (square) or x^3 (cube)"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> SquareParams:

@@ -57,10 +57,12 @@ from decompbench.toys.base import Batch, GroundTruth, Toy
 
 
 class SuperposedCircuitsParams(StrictModel):
-    d_resid: int = Field(default=6, ge=1)
-    neurons_per_input: int = Field(default=4, ge=3)
-    neurons_per_function: int = Field(default=3, ge=2)
-    p_active: float = Field(default=0.1, gt=0, le=1)
+    d_resid: int = Field(default=6, ge=1, description="residual dimension the functions write into")
+    neurons_per_input: int = Field(default=4, ge=3, description="neurons per input (>= 3)")
+    neurons_per_function: int = Field(default=3, ge=2, description="neurons each function reads")
+    p_active: float = Field(
+        default=0.1, gt=0, le=1, description="probability that an input is active"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> SuperposedCircuitsParams:

@@ -76,10 +76,15 @@ BOUND_SLACK = 0.05
 
 
 class TMSParams(ToyTrainParams):
-    n_features: int = Field(default=5, ge=2)
-    d_hidden: int = Field(default=2, ge=1)
-    feature_prob: float = Field(default=0.05, gt=0, le=1)
-    identity: bool = False
+    n_features: int = Field(default=5, ge=2, description="input features")
+    d_hidden: int = Field(default=2, ge=1, description="hidden dimension")
+    feature_prob: float = Field(
+        default=0.05, gt=0, le=1, description="probability that a feature is active"
+    )
+    identity: bool = Field(
+        default=False,
+        description="add a fixed identity layer after hidden (a second site 'identity')",
+    )
 
 
 class TiedReLUNet(nn.Module):

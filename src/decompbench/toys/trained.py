@@ -55,11 +55,13 @@ class TrainingTargetMissed(UserError):
 class ToyTrainParams(StrictModel):
     """Training settings of a trained toy (toys override the defaults they need)."""
 
-    steps: int = Field(default=5000, ge=1)
-    lr: float = Field(default=5e-3, gt=0)
-    batch_size: int = Field(default=1024, ge=1)
-    weight_decay: float = Field(default=0.01, ge=0)
-    lr_schedule: Literal["constant", "cosine"] = "constant"
+    steps: int = Field(default=5000, ge=1, description="training steps of the toy")
+    lr: float = Field(default=5e-3, gt=0, description="learning rate (AdamW)")
+    batch_size: int = Field(default=1024, ge=1, description="samples per minibatch")
+    weight_decay: float = Field(default=0.01, ge=0, description="AdamW weight decay")
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        default="constant", description="constant or cosine-decayed learning rate"
+    )
 
 
 # A toy's loss on one fresh minibatch: (batch size, generator) -> scalar.
