@@ -69,19 +69,28 @@ def _abstract(cls: type) -> list[str]:
     return sorted(getattr(cls, "__abstractmethods__", ()) or ())
 
 
-def method_problem(cls: Any) -> str | None:
-    """Why ``cls`` cannot be a method, or ``None``."""
+def class_problem(cls: Any, base: type, base_name: str) -> str | None:
+    """What every plugin class needs: a concrete subclass of ``base`` with a ``Params``."""
     from decompbench.config import StrictModel
-    from decompbench.methods.base import Decomposition
 
-    if not isinstance(cls, type) or not issubclass(cls, Decomposition):
-        return "is not a subclass of decompbench.Decomposition"
+    if not isinstance(cls, type) or not issubclass(cls, base):
+        return f"is not a subclass of decompbench.{base_name}"
     missing = _abstract(cls)
     if missing:
         return f"does not define {', '.join(missing)}"
     params = getattr(cls, "Params", None)
     if not isinstance(params, type) or not issubclass(params, StrictModel):
         return "has no Params class (a decompbench.StrictModel subclass)"
+    return None
+
+
+def method_problem(cls: Any) -> str | None:
+    """Why ``cls`` cannot be a method, or ``None``."""
+    from decompbench.methods.base import Decomposition
+
+    problem = class_problem(cls, Decomposition, "Decomposition")
+    if problem is not None:
+        return problem
     if getattr(cls, "access", None) not in ACCESS:
         return f"has access {getattr(cls, 'access', None)!r} (allowed: {', '.join(ACCESS)})"
     if not isinstance(getattr(cls, "directions_kind", None), str):
@@ -91,18 +100,9 @@ def method_problem(cls: Any) -> str | None:
 
 def toy_problem(cls: Any) -> str | None:
     """Why ``cls`` cannot be a toy, or ``None``."""
-    from decompbench.config import StrictModel
     from decompbench.toys.base import Toy
 
-    if not isinstance(cls, type) or not issubclass(cls, Toy):
-        return "is not a subclass of decompbench.Toy"
-    missing = _abstract(cls)
-    if missing:
-        return f"does not define {', '.join(missing)}"
-    params = getattr(cls, "Params", None)
-    if not isinstance(params, type) or not issubclass(params, StrictModel):
-        return "has no Params class (a decompbench.StrictModel subclass)"
-    return None
+    return class_problem(cls, Toy, "Toy")
 
 
 def check_added(label: str, added: dict[str, dict[str, Any]]) -> None:

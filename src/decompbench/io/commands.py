@@ -17,6 +17,7 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
+from decompbench.cli import positive_int
 from decompbench.errors import UserError
 
 SHOWN = ("mcc", "mcc_strict", "mmcs", "mcc_act", "recall", "precision", "rel_dir_share3",
@@ -120,16 +121,6 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
-def positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
 def add_io_commands(sub: Any) -> list[argparse.ArgumentParser]:
     """Register ``export-acts`` and ``score``; return their parsers (for ``--plugin``)."""
     ex = sub.add_parser("export-acts", help="write a toy site's activations as safetensors")
@@ -137,8 +128,8 @@ def add_io_commands(sub: Any) -> list[argparse.ArgumentParser]:
     ex.add_argument("--params", nargs="*", default=[], metavar="K=V", help="toy parameters")
     ex.add_argument("--site", required=True, help="the toy's site")
     ex.add_argument("--seed", type=int, default=0, help="run seed (toy and samples)")
-    ex.add_argument("--n-train", type=positive, default=16384, help="training samples")
-    ex.add_argument("--n-eval", type=positive, default=4096, help="evaluation samples")
+    ex.add_argument("--n-train", type=positive_int, default=16384, help="training samples")
+    ex.add_argument("--n-eval", type=positive_int, default=4096, help="evaluation samples")
     ex.add_argument("--out", type=Path, required=True, help="output folder")
     ex.add_argument("--force", action="store_true", help="replace a non-empty --out")
     ex.set_defaults(fn=cmd_export_acts)
@@ -148,7 +139,7 @@ def add_io_commands(sub: Any) -> list[argparse.ArgumentParser]:
     sc.add_argument("--params", nargs="*", default=[], metavar="K=V", help="toy parameters")
     sc.add_argument("--site", required=True, help="the toy's site")
     sc.add_argument("--seed", type=int, default=0, help="run seed (toy and samples)")
-    sc.add_argument("--n-eval", type=positive, default=4096, help="evaluation samples")
+    sc.add_argument("--n-eval", type=positive_int, default=4096, help="evaluation samples")
     sc.add_argument("--out", type=Path, help="run directory to append a record to")
     sc.add_argument("--name", help="method name in the record (default FORMAT:NAME)")
     sc.add_argument(
