@@ -15,7 +15,7 @@ from decompbench.metrics.recovery import hungarian
 from decompbench.seeding import generator
 from decompbench.toys.base import GroundTruth
 
-N_CHANCE_DRAWS = 6  # per random null family; the PCA null is drawn once
+N_CHANCE_DRAWS = 4  # per random null family; the PCA null is drawn once
 
 DirScore = Callable[[Tensor, Tensor], float]
 
