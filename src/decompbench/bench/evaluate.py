@@ -40,12 +40,7 @@ def direction_scores(
         "rel_dir_share3": rel_share,
         "rel_rev_median": rev_med,
         "rel_rev_share3": rev_share,
-        "mmcs": M.mmcs(truth, D_MD, sign_M),
-        "mcc": M.mcc(truth, D_MD, sign_M),
-        "mcc_strict": M.mcc_strict(truth, D_MD, sign_M),
-        "mcc_strict_all": M.mcc_strict_all(truth, D_MD, sign_M),
-        "recall": M.recall(truth, D_MD, sign_M),
-        "precision": M.precision(truth, D_MD, sign_M),
+        **M.recovery_scores(truth, D_MD, sign_M),
         "composition": None if groups is None else M.composition(G_KD, groups, D_MD),
     }
 

@@ -128,56 +128,74 @@ def as_signs(sign_M: Tensor | None, D_MD: Tensor) -> Tensor:
     return torch.zeros(D_MD.shape[0], dtype=torch.int64) if sign_M is None else sign_M
 
 
-def mmcs(truth: TruthLike, D_MD: Tensor, sign_M: Tensor | None = None) -> float:
-    """Mean over model features of the max sign-aware similarity with any learned direction."""
+def recovery_scores(
+    truth: TruthLike, D_MD: Tensor, sign_M: Tensor | None = None
+) -> dict[str, float]:
+    """Every direction-recovery score of ``D_MD`` (latent signs ``sign_M``) from one
+    sign-aware similarity matrix and two Hungarian matchings (model features alone; all
+    features together). With k model features and m latents:
+
+    * ``mmcs``: mean over model features of the best similarity with any latent;
+    * ``mcc``: model features matched one-to-one to latents, summed / k;
+    * ``mcc_strict_all``: the same sum / max(k, m) — every latent costs, including latents
+      that correctly capture a data-only feature (the first version's strict score; it
+      cannot reach 1 on a toy with data-only features);
+    * ``mcc_strict``: *all* true features (model and data-only) matched one-to-one; the
+      matched model similarities / max(k, m - excused), where a latent is excused when it
+      is matched to a data-only feature above that feature's match threshold. The exact
+      model + data-only dictionary scores 1; every candidate (factored and composed), or
+      every feature twice, does not;
+    * ``recall`` / ``precision``: share of model features whose best latent passes the
+      feature's match threshold / of latents passing some model feature's threshold.
+    """
     truth, sign_M = as_truth(truth), as_signs(sign_M, D_MD)
-    G, s, _ = truth.model()
-    if D_MD.shape[0] == 0 or G.shape[0] == 0:
-        return 0.0
-    return float(signed_sim(G, s, D_MD, sign_M).max(dim=1).values.mean())
+    k, m = truth.n_model, D_MD.shape[0]
+    names = ("mmcs", "mcc", "mcc_strict", "mcc_strict_all", "recall", "precision")
+    if k == 0 or m == 0:
+        return dict.fromkeys(names, 0.0)
+    sim_KM = signed_sim(truth.G_KD, truth.sign_K, D_MD, sign_M)
+    model_K, tau_K = truth.model_K, truth.tau_K
+    sim_model = sim_KM[model_K]
+    model_sum = _matched_sum(sim_model)
+    joint_sum, excused = 0.0, 0
+    for i, j in hungarian(sim_KM):
+        if bool(model_K[i]):
+            joint_sum += float(sim_KM[i, j])
+        elif float(sim_KM[i, j]) >= float(tau_K[i]):
+            excused += 1
+    passes_KM = sim_model >= tau_K[model_K][:, None]
+    return {
+        "mmcs": float(sim_model.max(dim=1).values.mean()),
+        "mcc": model_sum / k,
+        "mcc_strict": joint_sum / max(k, m - excused),
+        "mcc_strict_all": model_sum / max(k, m),
+        "recall": float(passes_KM.any(dim=1).double().mean()),
+        "precision": float(passes_KM.any(dim=0).double().mean()),
+    }
+
+
+def mmcs(truth: TruthLike, D_MD: Tensor, sign_M: Tensor | None = None) -> float:
+    return recovery_scores(truth, D_MD, sign_M)["mmcs"]
 
 
 def mcc(truth: TruthLike, D_MD: Tensor, sign_M: Tensor | None = None) -> float:
-    """Hungarian one-to-one matching of model features to latents, summed / #model features."""
-    truth, sign_M = as_truth(truth), as_signs(sign_M, D_MD)
-    G, s, _ = truth.model()
-    if G.shape[0] == 0:
-        return 0.0
-    return _matched_sum(signed_sim(G, s, D_MD, sign_M)) / G.shape[0]
-
-
-def mcc_strict_all(truth: TruthLike, D_MD: Tensor, sign_M: Tensor | None = None) -> float:
-    """As ``mcc`` but divided by max(#model features, #alive latents): every latent costs,
-    including latents that correctly capture a data-only feature (the first version's
-    strict score; it cannot reach 1 on a toy with data-only features)."""
-    truth, sign_M = as_truth(truth), as_signs(sign_M, D_MD)
-    G, s, _ = truth.model()
-    if G.shape[0] == 0:
-        return 0.0
-    return _matched_sum(signed_sim(G, s, D_MD, sign_M)) / max(G.shape[0], D_MD.shape[0])
+    return recovery_scores(truth, D_MD, sign_M)["mcc"]
 
 
 def mcc_strict(truth: TruthLike, D_MD: Tensor, sign_M: Tensor | None = None) -> float:
-    """Strict recovery: extra latents cost, except latents that capture data-only features.
+    return recovery_scores(truth, D_MD, sign_M)["mcc_strict"]
 
-    One Hungarian matching of *all* true features (model and data-only) to the latents. The
-    score is the summed similarity of the matched model features divided by
-    max(#model features, #latents - #excused), where a latent is excused when it is matched
-    to a data-only feature with a similarity that passes that feature's match threshold. A
-    dictionary of exactly the model and data-only features scores 1; one holding every
-    candidate (factored and composed) or every feature twice does not.
-    """
-    truth, sign_M = as_truth(truth), as_signs(sign_M, D_MD)
-    if truth.n_model == 0:
-        return 0.0
-    sim_KM = signed_sim(truth.G_KD, truth.sign_K, D_MD, sign_M)
-    model_sum, excused = 0.0, 0
-    for k, m in hungarian(sim_KM):
-        if bool(truth.model_K[k]):
-            model_sum += float(sim_KM[k, m])
-        elif float(sim_KM[k, m]) >= float(truth.tau_K[k]):
-            excused += 1
-    return model_sum / max(truth.n_model, D_MD.shape[0] - excused)
+
+def mcc_strict_all(truth: TruthLike, D_MD: Tensor, sign_M: Tensor | None = None) -> float:
+    return recovery_scores(truth, D_MD, sign_M)["mcc_strict_all"]
+
+
+def recall(truth: TruthLike, D_MD: Tensor, sign_M: Tensor | None = None) -> float:
+    return recovery_scores(truth, D_MD, sign_M)["recall"]
+
+
+def precision(truth: TruthLike, D_MD: Tensor, sign_M: Tensor | None = None) -> float:
+    return recovery_scores(truth, D_MD, sign_M)["precision"]
 
 
 def abs_corr(A_NK: Tensor, Z_NM: Tensor) -> Tensor:
@@ -194,26 +212,6 @@ def abs_corr(A_NK: Tensor, Z_NM: Tensor) -> Tensor:
 def mcc_act(A_NK: Tensor, Z_NM: Tensor) -> float:
     """Hungarian matching on |activation correlation|, divided by the true features."""
     return _matched_sum(abs_corr(A_NK, Z_NM)) / A_NK.shape[1]
-
-
-def recall(truth: TruthLike, D_MD: Tensor, sign_M: Tensor | None = None) -> float:
-    """Share of model features whose best latent passes the feature's match threshold."""
-    truth, sign_M = as_truth(truth), as_signs(sign_M, D_MD)
-    G, s, tau = truth.model()
-    if D_MD.shape[0] == 0 or G.shape[0] == 0:
-        return 0.0
-    best_K = signed_sim(G, s, D_MD, sign_M).max(dim=1).values
-    return float((best_K >= tau).double().mean())
-
-
-def precision(truth: TruthLike, D_MD: Tensor, sign_M: Tensor | None = None) -> float:
-    """Share of latents that pass the match threshold of some model feature."""
-    truth, sign_M = as_truth(truth), as_signs(sign_M, D_MD)
-    G, s, tau = truth.model()
-    if D_MD.shape[0] == 0 or G.shape[0] == 0:
-        return 0.0
-    passes_KM = signed_sim(G, s, D_MD, sign_M) >= tau[:, None]
-    return float(passes_KM.any(dim=0).double().mean())
 
 
 def _best_composite_cos(G_KD: Tensor, groups: list[int], d_D: Tensor) -> float:
