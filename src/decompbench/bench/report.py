@@ -114,13 +114,15 @@ def groups_of(records: list[Record]) -> list[Group]:
 
 
 def best_runs(out_dir: Path, records: list[Record], group: Group, th: Thresholds) -> list[Best]:
-    """Per method: its self-selected setting's lowest-seed ok run, with its artefacts."""
+    """Per method: its self-selected setting's lowest-seed ok run, with its artefacts.
+    Converged settings are chosen from, as in the verdict (all, if none converged)."""
     by_method: dict[str, list[Setting]] = defaultdict(list)
     for s in settings_of(group.rows):
         by_method[s.method].append(s)
     out = []
     for method in sorted(by_method):
-        chosen = self_select(by_method[method], th)
+        converged = [s for s in by_method[method] if s.converged is not False]
+        chosen = self_select(converged or by_method[method], th)
         runs = [records[line - 1] for line in chosen.lines]
         record = min(runs, key=lambda r: r.seed)
         best = Best(group, chosen, oracle_select(by_method[method], th), record)

@@ -142,15 +142,10 @@ def summary_sentence(row: StanceRow, toy_label: str) -> str:
 
 def best_twin_by_access(row: StanceRow) -> str:
     """``act-only M 0.33, downstream-aware N 0.93`` from the own-rule twin scores."""
-    access = {p.method: "act-only" for v in (row.activation_only,) for p in (v.best, v.oracle)
-              if p is not None}  # fmt: skip
-    access.update({p.method: "downstream-aware" for p in (row.downstream_aware.best,
-                   row.downstream_aware.oracle) if p is not None})  # fmt: skip
     best: dict[str, tuple[str, float]] = {}
     for method, entry in row.twin_own_rule.items():
-        kind, score = access.get(method), entry.get("mcc_strict")
-        if kind is None or score is None:
-            continue
-        if kind not in best or score > best[kind][1]:
+        kind = "act-only" if entry["access"] == "activation_only" else "downstream-aware"
+        score = entry.get("mcc_strict")
+        if score is not None and (kind not in best or score > best[kind][1]):
             best[kind] = (method, score)
     return ", ".join(f"{k} {m} {num(v)}" for k, (m, v) in sorted(best.items()))

@@ -70,6 +70,8 @@ class Setting:
     seeds: tuple[int, ...] = ()
     per_seed: tuple[dict[str, float | None], ...] = ()
     baseline: bool = False
+    # False when any seed's run did not converge; None when no run reports it.
+    converged: bool | None = None
 
     def get(self, key: str) -> float | None:
         return self.metrics.get(key)
@@ -77,13 +79,6 @@ class Setting:
     def num(self, key: str, missing: float) -> float:
         value = self.metrics.get(key)
         return missing if value is None else value
-
-    @property
-    def converged(self) -> bool | None:
-        """False when any seed's run did not converge; None when no run reports it."""
-        flags = [m.get("converged") for m in self.per_seed]
-        known = [f for f in flags if f is not None]
-        return None if not known else all(f >= 0.5 for f in known)
 
     @property
     def label(self) -> str:
@@ -164,9 +159,15 @@ def settings_of(
         out.append(
             Setting(first.method, first.method_params, first.access,
                     tuple(line for line, _ in rs), average(list(per_seed)),
-                    tuple(r.seed for _, r in rs), per_seed, first.method in baselines)
+                    tuple(r.seed for _, r in rs), per_seed, first.method in baselines,
+                    all_converged(per_seed))
         )  # fmt: skip
     return out
+
+
+def all_converged(per_seed: tuple[dict[str, float | None], ...]) -> bool | None:
+    known = [f for m in per_seed if (f := m.get("converged")) is not None]
+    return None if not known else all(f >= 0.5 for f in known)
 
 
 def _num(v: float | int | None) -> float | None:
@@ -354,9 +355,9 @@ def resolve(provisional: StanceName, n_seeds: int, stab: float | None, th: Thres
     return ""
 
 
-def row_of(rows: list[tuple[int, Record]], th: Thresholds, baselines: frozenset[str]) -> StanceRow:
+def row_of(rows: list[tuple[int, Record]], settings: list[Setting], th: Thresholds) -> StanceRow:
+    """The verdict of one (toy, toy params, site) from its records and their settings."""
     first = rows[0][1]
-    settings = settings_of(rows, baselines)
     ao = choose(settings, "activation_only", th)
     da = choose(settings, "downstream_aware", th)
     boot = bootstrap(settings, th)
@@ -405,17 +406,20 @@ def lower_of(by_use: dict[str, Setting]) -> dict[str, Any]:
 
 def twin_own_rule(twins: dict[str, list[Setting]], th: Thresholds) -> dict[str, Any]:
     """Per method: on each twin its own-rule setting (as a user of that twin would pick),
-    and the lower score of the two; unconverged settings are left out."""
+    the lower score of the two and the method's access; unconverged settings are left
+    out."""
     by_method: dict[str, dict[str, list[Setting]]] = defaultdict(lambda: defaultdict(list))
     for use, settings in twins.items():
         for s in settings:
             if s.converged is not False:
                 by_method[s.method][use].append(s)
-    return {
-        method: lower_of({u: self_select(v, th) for u, v in per_use.items()})
-        for method, per_use in sorted(by_method.items())
-        if len(per_use) == len(twins)
-    }
+    out: dict[str, Any] = {}
+    for method, per_use in sorted(by_method.items()):
+        if len(per_use) == len(twins):
+            picks = {u: self_select(v, th) for u, v in per_use.items()}
+            access = next(iter(picks.values())).access
+            out[method] = {**lower_of(picks), "access": access}
+    return out
 
 
 def known_baselines() -> frozenset[str]:
@@ -434,13 +438,14 @@ def verdict(
     groups: dict[str, list[tuple[int, Record]]] = defaultdict(list)
     for line, r in enumerate(records, start=1):
         groups[group_key(r)].append((line, r))
-    out = [row_of(rows, th, base) for rows in groups.values()]
+    settings = {key: settings_of(rows, base) for key, rows in groups.items()}
+    out = [row_of(rows, settings[key], th) for key, rows in groups.items()]
     twin_groups: dict[str, dict[str, list[Setting]]] = defaultdict(dict)
-    for rows in groups.values():
+    for key, rows in groups.items():
         first = rows[0][1]
         if TWIN_KEY in first.toy_params:
             use = str(first.toy_params[TWIN_KEY])
-            twin_groups[group_key(first, TWIN_KEY)][use] = settings_of(rows, base)
+            twin_groups[group_key(first, TWIN_KEY)][use] = settings[key]
     for i, rows in enumerate(groups.values()):
         twins = twin_groups.get(group_key(rows[0][1], TWIN_KEY), {})
         if len(twins) >= 2 and TWIN_KEY in rows[0][1].toy_params:
