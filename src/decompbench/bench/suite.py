@@ -442,21 +442,37 @@ def tags(entries: list[tuple[str, dict[str, Any]]]) -> list[str]:
     return out
 
 
+def site_methods(
+    suite: Suite, t: ToySpec, site: str, method_tags: list[str]
+) -> list[tuple[MethodSpec, dict[str, Any], str]]:
+    """The method entries that run at ``site`` of ``t``: (entry with its width resolved,
+    its params with defaults filled in, its progress tag). Swept combinations the site
+    cannot take are skipped."""
+    out = []
+    for m, mtag in zip(suite.methods, method_tags, strict=True):
+        if not runs_on(t, m) or not valid_at(t, site, m, suite.seeds[0], m.name):
+            continue
+        given = resolved_params(t, site, m, suite.seeds[0], m.name)
+        spec = MethodSpec(name=m.name, params=given) if given is not m.params else m
+        out.append((spec, normalised("method", m.name, given), mtag))
+    return out
+
+
 def plan_runs(suite: Suite) -> list[PlannedRun]:
     """Every run of the suite, in execution order: seed, toy, site, method."""
     toys = [normalised("toy", t.name, t.params) for t in suite.toys]
     toy_tags = tags([(t.name, p) for t, p in zip(suite.toys, toys, strict=True)])
     method_tags = tags([(m.name, m.params) for m in suite.methods])  # as given (sweeps expanded)
+    per_site = {
+        (i, site): site_methods(suite, t, site, method_tags)
+        for i, t in enumerate(suite.toys)
+        for site in t.sites or []
+    }  # the same at every seed: worked out once
     plan = []
     for seed in suite.seeds:
-        for t, tparams, ttag in zip(suite.toys, toys, toy_tags, strict=True):
+        for i, (t, tparams, ttag) in enumerate(zip(suite.toys, toys, toy_tags, strict=True)):
             for site in t.sites or []:
-                for m, mtag in zip(suite.methods, method_tags, strict=True):
-                    if not runs_on(t, m) or not valid_at(t, site, m, suite.seeds[0], m.name):
-                        continue
-                    given = resolved_params(t, site, m, suite.seeds[0], m.name)
-                    m = MethodSpec(name=m.name, params=given) if given is not m.params else m
-                    mparams = normalised("method", m.name, m.params)
+                for m, mparams, mtag in per_site[i, site]:
                     identity = dict(
                         toy=t.name, toy_params=tparams, site=site, method=m.name,
                         method_params=mparams, seed=seed, n_train=suite.n_train,
