@@ -89,9 +89,11 @@ SMALL: list[tuple[str, dict[str, Any]]] = [
 ]
 
 
-def isolated_toy_cache(factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A fresh trained-toy cache for a test module (use from a module-scoped fixture)."""
-    path = factory.mktemp("cache")
+@pytest.fixture(scope="module")
+def toy_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A fresh trained-toy cache for one test module: mark the module with
+    ``pytestmark = pytest.mark.usefixtures("toy_cache")``."""
+    path = tmp_path_factory.mktemp("cache")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(trained.CACHE_ENV, str(path))
         yield path

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,14 +14,12 @@ from decompbench.errors import UserError
 from decompbench.methods.base import build_method
 from decompbench.registry import all_toys
 from decompbench.toys.base import ActivationSite, NoFirstLinear, build_toy, downstream_site
-from tests.conftest import SMALL, TRAINED_FAST, isolated_toy_cache
+from tests.conftest import SMALL, TRAINED_FAST
 
 BASELINES = ["random", "weights"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    yield from isolated_toy_cache(tmp_path_factory)
+pytestmark = pytest.mark.usefixtures("toy_cache")
 
 
 def test_the_table_covers_every_registered_toy() -> None:

@@ -4,8 +4,6 @@ chance as the strongest null (issue 16)."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,20 +11,13 @@ import torch
 
 from decompbench import metrics as M
 from decompbench.bench import evaluate
-from decompbench.registry import all_toys
 from decompbench.toys.base import GroundTruth, build_toy
-from tests.conftest import SMALL, isolated_toy_cache
+from tests.conftest import SMALL
 
 N_SAMPLES = 2048
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    yield from isolated_toy_cache(tmp_path_factory)
-
-
-def test_the_table_covers_every_registered_toy() -> None:
-    assert {name for name, _ in SMALL} == set(all_toys())
+pytestmark = pytest.mark.usefixtures("toy_cache")
 
 
 @pytest.mark.parametrize(("toy_name", "params"), SMALL, ids=[n for n, _ in SMALL])

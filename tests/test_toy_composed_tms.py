@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,12 +15,7 @@ from decompbench.toys.composed_tms import composed_inputs, correlated_uniform
 FAST = {"steps": 1000, "batch_size": 256}  # reaches zero loss on seeds 0 and 1
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    path = tmp_path_factory.mktemp("cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(trained.CACHE_ENV, str(path))
-        yield path
+pytestmark = pytest.mark.usefixtures("toy_cache")
 
 
 def test_exactly_one_feature_of_each_set_with_a_uniform_joint_table() -> None:

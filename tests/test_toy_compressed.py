@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -18,12 +15,7 @@ TINY = {"n_features": 20, "d_resid": 200, "d_mlp": 10, "feature_prob": 0.05,
         "steps": 400, "batch_size": 512}  # fmt: skip
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    path = tmp_path_factory.mktemp("cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(trained.CACHE_ENV, str(path))
-        yield path
+pytestmark = pytest.mark.usefixtures("toy_cache")
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ trained-toy machinery (cache, target check) of `toys/trained.py`."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,12 +17,7 @@ from decompbench.toys.tms import MIN_NORM, TMSParams
 FAST = {"steps": 1000, "batch_size": 256}  # reaches the target on seeds 0-2 in < 0.5 s
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    path = tmp_path_factory.mktemp("cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(trained.CACHE_ENV, str(path))
-        yield path
+pytestmark = pytest.mark.usefixtures("toy_cache")
 
 
 def single_feature_rows(x_NF: torch.Tensor, i: int) -> torch.Tensor:
