@@ -107,7 +107,7 @@ def test_an_unrepresented_feature_is_excluded() -> None:
 
 
 def test_second_build_loads_identical_weights_without_training(
-    monkeypatch: pytest.MonkeyPatch, _cache: Path
+    monkeypatch: pytest.MonkeyPatch, toy_cache: Path
 ) -> None:
     params = {**FAST, "n_features": 6}
     first = build_toy("tms", params, seed=7)
@@ -126,7 +126,7 @@ def test_second_build_loads_identical_weights_without_training(
     stem = trained.cache_stem("tms", TMSParams(**params), 7)
     meta = json.loads(stem.with_suffix(".json").read_text())
     assert meta["params"]["n_features"] == 6 and meta["seed"] == 7
-    assert not list((_cache / "toys").glob(".*.tmp"))  # no temporary left behind
+    assert not list((toy_cache / "toys").glob(".*.tmp"))  # no temporary left behind
 
 
 def test_unreadable_cache_entry_is_retrained() -> None:
