@@ -17,8 +17,6 @@ from decompbench.toys.base import GroundTruth
 
 N_CHANCE_DRAWS = 4  # per random null family; the PCA null is drawn once
 
-DirScore = Callable[[Tensor, Tensor], float]
-
 
 def truth_at(gt: GroundTruth, feats_NK: Tensor) -> M.Truth:
     """The site's true features with the signs their activations show on ``feats_NK``."""

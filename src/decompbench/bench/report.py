@@ -53,7 +53,7 @@ from decompbench.bench.verdict import (
     verdict,
 )
 from decompbench.errors import UserError
-from decompbench.metrics.recovery import abs_cos
+from decompbench.metrics.recovery import abs_cos, signed_sim
 
 REPORT = "report.html"
 PLOTS = "plots"
@@ -147,10 +147,15 @@ def attach_artefacts(out_dir: Path, best: Best) -> None:
 
 
 def arrange(best: Best) -> None:
-    """|cos| of true features vs latents and its Hungarian order (heatmap and cards)."""
+    """Similarity of true features vs latents — sign-aware, as the metrics score it, when
+    the artefacts hold the signs (|cos| for older ones) — and its Hungarian order."""
     art = best.artefacts
     assert art is not None
-    best.cos_KM = abs_cos(art.true_directions_KD, art.directions_MD).numpy()
+    G, D = art.true_directions_KD, art.directions_MD
+    if art.true_sign_K is not None and art.latent_sign_M is not None:
+        best.cos_KM = signed_sim(G, art.true_sign_K, D, art.latent_sign_M).numpy()
+    else:
+        best.cos_KM = abs_cos(G, D).numpy()
     if best.cos_KM.size:
         model_K = np.array(art.is_model, dtype=bool)
         best.order = plots.matched_order(best.cos_KM, art.alive_M.numpy(), model_K)
@@ -335,7 +340,8 @@ def heatmap_figure(best: Best, names: Labeller, images: Images) -> str:
 
 def heatmaps_note(th: Thresholds) -> str:
     return (
-        '<p class="note">|cos| between every true feature (rows) and every learned direction '
+        '<p class="note">Sign-aware similarity (as the metrics score it: |cos| where either '
+        "side is two-sided) between every true feature (rows) and every learned direction "
         "(columns) of one run per method: the setting the method's <b>own rule</b> picks "
         f"(sparsest with FVU ≤ {th.fvu_target}, else lowest FVU; no ground truth), at its "
         "lowest seed. White boxes: the Hungarian matching (model features first, as in the "

@@ -43,7 +43,6 @@ from decompbench.plugins import load_plugins
 from decompbench.registry import get_method, get_toy
 from decompbench.toys.base import build_toy
 
-DEFAULT_SUITE = "default.yaml"
 BUILTIN_SUITES = ("default", "verdict")
 MIN_VERDICT_SEEDS = 3
 RELATIVE = re.compile(r"^(?P<mult>[0-9]+(?:\.[0-9]+)?)d$")  # width: "4d" = 4 x site dim
