@@ -75,7 +75,7 @@ from decompbench.bench.results import (
     write_plan,
     write_text_atomic,
 )
-from decompbench.bench.suite import PlannedRun, Suite, load_suite, normalised, plan_runs
+from decompbench.bench.suite import PlannedRun, Suite, load_suite, normalised, plan_runs, site_dim
 from decompbench.errors import TrainingFailed, UserError
 from decompbench.methods import batched
 from decompbench.methods.base import Decomposition, build_method
@@ -466,12 +466,11 @@ def check_cost(runs: list[PlannedRun], yes: bool) -> None:
 MAX_SITE_BYTES = 2**30  # float32 activations of one site sample (train + eval)
 
 
-def site_dim(run: PlannedRun, seed: int) -> int | None:
-    """Width of the run's site (a one-sample probe of the toy as the suite check built it,
-    cached if trained); ``None`` if that fails (the run will record why)."""
+def probed_dim(run: PlannedRun, seed: int) -> int | None:
+    """Width of the run's site (the suite's cached one-sample probe); ``None`` if building
+    the toy fails (the run will record why)."""
     try:
-        toy = build_toy(run.toy.name, run.toy.params, seed)
-        return int(toy.acts(run.site, toy.sample(1, 0).inputs).shape[-1])
+        return site_dim(json.dumps([run.toy.name, run.toy.params], sort_keys=True), run.site, seed)
     except Exception:
         return None
 
@@ -488,7 +487,7 @@ def check_memory(runs: list[PlannedRun], suite: Suite, yes: bool) -> None:
         if key in seen:
             continue
         seen.add(key)
-        d = site_dim(run, suite.seeds[0])
+        d = probed_dim(run, suite.seeds[0])
         if d is not None and n * d * 4 > MAX_SITE_BYTES:
             raise UserError(
                 f"toy '{run.toy.name}' site '{run.site}': n_train + n_eval = {n} samples x "
